@@ -1,0 +1,44 @@
+"""`lunary-cache-proxy` / `python -m proxy`: validate settings, then serve with uvicorn."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+
+import uvicorn
+
+from config import ConfigError, load_settings
+from proxy import logs
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"lunary-cache-proxy: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.configure(settings.log_level, settings.log_format)
+    if settings.workers > 1 and not settings.scope_secret.get_secret_value():
+        # workers build their own app: give them one generated secret so they share scopes
+        os.environ["PROXY_SCOPE_SECRET"] = secrets.token_urlsafe(32)
+    from proxy.app import create_app
+
+    target = "proxy.app:app" if settings.workers > 1 else create_app(settings)
+    uvicorn.run(
+        target,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        # the client address must be the socket peer, never rewritten from its own headers
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=max(5, int(settings.upstream_timeout) + 1),
+    )
+
+
+if __name__ == "__main__":
+    main()

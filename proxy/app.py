@@ -1,0 +1,269 @@
+"""The ASGI app from `create_app(settings)`: the lifespan owns every client, routes translate."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from config import Settings, load_settings
+from proxy import errors
+from proxy.asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    has_body,
+    request_body,
+    send_error,
+    send_streamed,
+    send_whole,
+)
+from proxy.lifecycle import CachedReads, ReadRequest
+from proxy.metrics import Metrics
+from proxy.passthrough import Passthrough, RequestTooLarge
+from proxy.paths import check_path, match_cached_route
+from proxy.policy import Lifetimes
+from proxy.ports import Store, StoreError, Upstream, UpstreamError, UpstreamTimeout
+from proxy.scope import ScopeHasher
+from proxy.store.guard import GuardedStore
+from proxy.store.memory import MemoryStore
+from proxy.store.redis import RedisStore, connect
+from proxy.upstream import HttpxUpstream
+
+log = logging.getLogger("proxy")
+READ_METHODS = frozenset({"GET", "HEAD"})
+OWN_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
+JSON = (b"content-type", errors.JSON_TYPE)
+
+
+@dataclass(slots=True)
+class Components:
+    """Everything the lifespan opens and closes."""
+
+    store: Store
+    reads: CachedReads
+    passthrough: Passthrough
+    upstream: Upstream
+
+
+class ProxyApp:
+    """A pure ASGI app: no framework on the hot path, so a hit costs one store round trip."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        secret = settings.scope_secret.get_secret_value()
+        self._secret_generated = not secret
+        self._hasher = ScopeHasher((secret or secrets.token_urlsafe(32)).encode())
+        self._parts: Components | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- lifespan -------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        s = self.settings
+        store = GuardedStore(self._open_store(), self.metrics)
+        upstream = HttpxUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
+        lifetimes = Lifetimes(
+            cache_ttl=s.cache_ttl,
+            stale_ttl=s.stale_ttl,
+            active_run_ttl=s.active_run_ttl,
+            negative_ttl=s.negative_ttl,
+            max_entry_bytes=s.max_entry_bytes,
+        )
+        self._parts = Components(
+            store=store,
+            reads=CachedReads(store, upstream, self._hasher, lifetimes, self.metrics),
+            passthrough=Passthrough(upstream, s.max_request_bytes, self.metrics),
+            upstream=upstream,
+        )
+        if self._secret_generated:
+            log.warning(
+                "PROXY_SCOPE_SECRET is not set: using a random one, so cached entries survive "
+                "neither a restart nor sharing between replicas"
+            )
+        log.info(
+            "lunary-cache-proxy ready",
+            extra={"upstream": s.upstream_url, "store": self._store_description()},
+        )
+
+    async def shutdown(self) -> None:
+        if self._parts is not None:
+            await self._parts.upstream.close()
+            await self._parts.store.close()
+            self._parts = None
+
+    def _open_store(self) -> Store:
+        s = self.settings
+        if not s.redis_url:
+            return MemoryStore(s.memory_max_entries)
+        client = connect(s.redis_url, cluster=s.redis_cluster, timeout=s.redis_timeout)
+        return RedisStore(client, s.redis_timeout, on_corrupt=self.metrics.corrupt_entry)
+
+    def _store_description(self) -> str:
+        s = self.settings
+        if not s.redis_url:
+            return f"in-memory (embedded, up to {s.memory_max_entries} entries, not shared)"
+        kind = "redis cluster" if s.redis_cluster else "redis"
+        return f"{kind} at {_redacted(s.redis_url)}"
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        method: str = scope["method"]
+        if raw_path in OWN_PATHS:
+            await self._own(raw_path, method, send)
+            return
+        rejected = check_path(raw_path)
+        if rejected is not None:
+            await send_error(send, errors.bad_path(rejected.message))
+            return
+        parts = self._parts
+        if parts is None:
+            await send_error(send, errors.not_ready("the proxy is starting or stopping"))
+            return
+        route = match_cached_route(raw_path)
+        if route is not None and method in READ_METHODS:
+            client = scope.get("client")
+            reply = await parts.reads.serve(
+                ReadRequest(
+                    route=route,
+                    method=method,
+                    raw_path=raw_path,
+                    query_string=scope.get("query_string", b""),
+                    headers=scope["headers"],
+                    client_host=client[0] if client else None,
+                )
+            )
+            body = b"" if method == "HEAD" else reply.body
+            if reply.rest is None:
+                await send_whole(send, reply.status, reply.headers, body)
+            else:
+                await send_streamed(send, reply.status, reply.headers, body, reply.rest)
+        elif not self.settings.passthrough:
+            failure = (
+                errors.not_found() if route is None else errors.method_not_allowed(b"GET, HEAD")
+            )
+            await send_error(send, failure)
+        else:
+            await self._pass(scope, receive, send, raw_path, method)
+
+    async def _pass(
+        self, scope: Scope, receive: Receive, send: Send, raw_path: bytes, method: str
+    ) -> None:
+        assert self._parts is not None
+        passthrough = self._parts.passthrough
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if passthrough.declared_too_large(headers):
+            await send_error(send, errors.request_too_large(self.settings.max_request_bytes))
+            return
+        body = passthrough.limited(request_body(receive)) if has_body(headers) else None
+        client = scope.get("client")
+        try:
+            response = await passthrough.forward(
+                method,
+                raw_path,
+                scope.get("query_string", b""),
+                headers,
+                client[0] if client else None,
+                body,
+            )
+        except RequestTooLarge:
+            await send_error(send, errors.request_too_large(self.settings.max_request_bytes))
+            return
+        except ClientGone:
+            return
+        except UpstreamError as exc:
+            timed_out = isinstance(exc, UpstreamTimeout)
+            await send_error(
+                send, errors.upstream_timeout() if timed_out else errors.upstream_unreachable()
+            )
+            return
+        try:
+            await send_streamed(send, response.status, response.headers, b"", response.chunks)
+        except UpstreamError as exc:
+            # headers are out: all we can do is cut the connection so the client sees truncation
+            log.warning("upstream failed mid-response", extra={"error": type(exc).__name__})
+            raise
+        finally:
+            await response.aclose()
+
+    async def _own(self, raw_path: bytes, method: str, send: Send) -> None:
+        if method not in READ_METHODS:
+            await send_error(send, errors.method_not_allowed(b"GET, HEAD"))
+            return
+        if raw_path == b"/healthz":
+            status, headers, body = 200, [JSON], b'{"status":"ok"}'
+        elif raw_path == b"/readyz":
+            status, headers, body = await self._readiness()
+        else:
+            content_type = CONTENT_TYPE_LATEST.encode()
+            status, headers, body = (
+                200,
+                [(b"content-type", content_type)],
+                generate_latest(self.registry),
+            )
+        await send_whole(send, status, headers, b"" if method == "HEAD" else body)
+
+    async def _readiness(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        if self._parts is None:
+            failure = errors.not_ready("the proxy is starting or stopping")
+            return failure.status, [JSON], failure.body()
+        try:
+            await self._parts.store.ping()
+        except StoreError as exc:
+            failure = errors.not_ready(f"the store does not answer ({exc})")
+            return failure.status, [JSON], failure.body()
+        return 200, [JSON], orjson.dumps({"status": "ready"})
+
+
+def create_app(settings: Settings | None = None) -> ProxyApp:
+    """Build the app; settings default to the environment (PROXY_* and .env)."""
+    return ProxyApp(settings if settings is not None else load_settings())
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def __getattr__(name: str) -> ProxyApp:
+    """`proxy.app:app` for ASGI servers, built from the environment on first access."""
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

@@ -1,0 +1,59 @@
+"""The answers the proxy makes itself, shaped like Lunary's errors: {"error", "message"}."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+
+from proxy.headers import Header
+
+JSON_TYPE = b"application/json; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyErrorReply:
+    """A status and a JSON error body, plus any extra headers (Allow, Retry-After)."""
+
+    status: int
+    error: str
+    message: str
+    headers: tuple[Header, ...] = field(default=())
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": self.error, "message": self.message})
+
+
+def bad_path(message: str) -> ProxyErrorReply:
+    return ProxyErrorReply(400, "bad_request", f"Rejected request path: {message}.")
+
+
+def upstream_unreachable() -> ProxyErrorReply:
+    return ProxyErrorReply(502, "upstream_unreachable", "The Lunary API could not be reached.")
+
+
+def upstream_timeout() -> ProxyErrorReply:
+    return ProxyErrorReply(504, "upstream_timeout", "The Lunary API did not answer in time.")
+
+
+def request_too_large(limit: int) -> ProxyErrorReply:
+    return ProxyErrorReply(
+        413, "payload_too_large", f"The request body is larger than {limit} bytes."
+    )
+
+
+def not_found() -> ProxyErrorReply:
+    return ProxyErrorReply(404, "not_found", "This proxy does not forward that path.")
+
+
+def method_not_allowed(allowed: bytes) -> ProxyErrorReply:
+    return ProxyErrorReply(
+        405,
+        "method_not_allowed",
+        "Only GET and HEAD are served on this route.",
+        ((b"allow", allowed),),
+    )
+
+
+def not_ready(reason: str) -> ProxyErrorReply:
+    return ProxyErrorReply(503, "not_ready", reason)

@@ -1,0 +1,69 @@
+"""Request-target checks (SPEC section 11) and the match of the two cached run routes."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from proxy.model import CachedRoute, RouteKind
+from proxy.runs import canonical_run_id
+
+_PERCENT_ESCAPE = re.compile(rb"%([0-9a-fA-F]{2})")
+_DOT_SEGMENTS = frozenset({b".", b".."})
+
+
+@dataclass(frozen=True, slots=True)
+class PathRejected:
+    """The path must not be forwarded; `message` says why, in terms a client can act on."""
+
+    message: str
+
+
+def check_path(raw_path: bytes) -> PathRejected | None:
+    """Reject dot segments (also `%2e`-spelled), encoded slashes and control characters."""
+    if not raw_path.startswith(b"/"):
+        return PathRejected("the path must start with '/'")
+    if any(byte < 0x20 or byte == 0x7F for byte in raw_path):
+        return PathRejected("the path holds a control character")
+    if b"%" in raw_path:
+        for match in _PERCENT_ESCAPE.finditer(raw_path):
+            value = int(match[1], 16)
+            if value == 0x2F:
+                return PathRejected("the path holds an encoded slash (%2F)")
+            if value < 0x20 or value == 0x7F:
+                return PathRejected("the path holds an encoded control character")
+    for segment in raw_path.split(b"/"):
+        if segment and _decode_dots(segment) in _DOT_SEGMENTS:
+            return PathRejected("the path holds a dot segment")
+    return None
+
+
+def _decode_dots(segment: bytes) -> bytes:
+    if len(segment) > 6:  # the longest dot segment spelling is "%2e%2e"
+        return segment
+    return segment.replace(b"%2e", b".").replace(b"%2E", b".")
+
+
+def match_cached_route(raw_path: bytes) -> CachedRoute | None:
+    """`/v1/runs/{uuid}` or `/v1/runs/{uuid}/related`, with the id in canonical form."""
+    parts = raw_path.split(b"/")
+    if len(parts) == 4:
+        kind = RouteKind.RUN
+    elif len(parts) == 5 and parts[4] == b"related":
+        kind = RouteKind.RELATED
+    else:
+        return None
+    if parts[0] or parts[1] != b"v1" or parts[2] != b"runs":
+        return None
+    segment = parts[3]
+    text = unquote(segment.decode("latin-1")) if b"%" in segment else segment.decode("latin-1")
+    run_id = canonical_run_id(text)
+    return None if run_id is None else CachedRoute(kind, run_id)
+
+
+def normalise_query(query_string: bytes) -> bytes:
+    """Sort the `&`-separated parameters (raw, undecoded), so their order shares one entry."""
+    if not query_string:
+        return b""
+    return b"&".join(sorted(part for part in query_string.split(b"&") if part))

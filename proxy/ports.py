@@ -1,0 +1,110 @@
+"""The two ports the lifecycle drives, Store and Upstream, and the errors each may raise."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from proxy.headers import Header
+from proxy.model import Entry, EntryKey, Lookup
+
+
+class StoreError(Exception):
+    """The store failed or was too slow; callers degrade to the upstream."""
+
+
+class StoreUnavailable(StoreError):
+    """The store is known to be down (the breaker is open); no call was attempted."""
+
+
+class Store(Protocol):
+    """Where entries live. Every method is bounded in time or raises StoreError."""
+
+    async def lookup(self, key: EntryKey) -> Lookup:
+        """The current entry under `key` (None when absent, expired, corrupt or invalidated)."""
+        ...
+
+    async def save(self, key: EntryKey, entry: Entry) -> None:
+        """Keep `entry` for `entry.kept_for` seconds; `entry.generation` is the one looked up."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers now."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class UpstreamError(Exception):
+    """The upstream could not answer."""
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Connecting to the upstream, or reading its answer, failed."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within the configured timeout."""
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """What to send upstream: the client's raw path and query, with headers already filtered."""
+
+    method: str
+    raw_path: bytes
+    query_string: bytes
+    headers: Sequence[Header]
+    body: AsyncIterator[bytes] | None = None
+
+
+@dataclass(slots=True)
+class FetchedResponse:
+    """An upstream answer read up to a size bound.
+
+    `body` is the whole body when `complete`; otherwise it is the first part and `rest` yields
+    the remainder, which the caller must drain or `aclose`.
+    """
+
+    status: int
+    headers: list[Header]
+    body: bytes
+    complete: bool = True
+    rest: AsyncGenerator[bytes, None] | None = None
+    elapsed: float = 0.0
+
+
+@dataclass(slots=True)
+class StreamedResponse:
+    """An upstream answer to relay as it arrives; `aclose` must be awaited when done."""
+
+    status: int
+    headers: list[Header]
+    chunks: AsyncIterator[bytes]
+    closer: _Closer = field(repr=False)
+
+    async def aclose(self) -> None:
+        await self.closer()
+
+
+class _Closer(Protocol):
+    async def __call__(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """The Lunary API, behind whatever transport. Raises only UpstreamError subclasses."""
+
+    async def fetch(self, request: UpstreamRequest, max_body: int) -> FetchedResponse:
+        """Send `request` and read up to `max_body` bytes of the answer into memory."""
+        ...
+
+    async def stream(self, request: UpstreamRequest) -> StreamedResponse:
+        """Send `request` (streaming its body) and return the answer unread."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

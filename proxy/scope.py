@@ -1,0 +1,38 @@
+"""Credential headers -> an HMAC scope. Nothing else in the proxy ever holds a raw credential."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from base64 import urlsafe_b64encode
+
+ANONYMOUS = "anon"
+
+
+class ScopeHasher:
+    """Derives the cache scope of a request from its `Authorization` and `X-API-Key` values."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, secret: bytes) -> None:
+        if not secret:
+            raise ValueError("scope secret must not be empty")
+        self._key = secret
+
+    def scope(self, authorization: bytes | None, api_key: bytes | None) -> str:
+        """`anon` when neither header is present, else a keyed digest of both values.
+
+        Each value is length-prefixed with a presence flag, so no two distinct header pairs
+        (absent vs empty, or bytes moved between the two headers) feed the HMAC the same input.
+        """
+        if authorization is None and api_key is None:
+            return ANONYMOUS
+        message = _frame(authorization) + _frame(api_key)
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        return urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _frame(value: bytes | None) -> bytes:
+    if value is None:
+        return b"\x00"
+    return b"\x01" + len(value).to_bytes(4, "big") + value

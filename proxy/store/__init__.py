@@ -1,0 +1,1 @@
+"""Entry stores behind the `Store` port: in-process memory and Redis."""

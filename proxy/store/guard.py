@@ -1,0 +1,94 @@
+"""A circuit breaker around a store: after a failure, skip the store for a while, then probe.
+
+While Redis is down every request would otherwise pay a connect error or a full timeout; the
+breaker turns that into an immediate StoreUnavailable, and one probe per interval finds the store
+again, so caching resumes by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from proxy.metrics import Metrics
+from proxy.model import Entry, EntryKey, Lookup
+from proxy.ports import Store, StoreError, StoreUnavailable
+
+T = TypeVar("T")
+log = logging.getLogger("proxy.store")
+
+
+class GuardedStore:
+    """A `Store` that counts errors and latency and opens for `open_for` seconds on failure."""
+
+    def __init__(
+        self,
+        inner: Store,
+        metrics: Metrics,
+        open_for: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._open_for = open_for
+        self._clock = clock
+        self._open_until: float | None = None
+        self._probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    async def lookup(self, key: EntryKey) -> Lookup:
+        return await self._call("lookup", lambda: self._inner.lookup(key))
+
+    async def save(self, key: EntryKey, entry: Entry) -> None:
+        await self._call("save", lambda: self._inner.save(key, entry))
+
+    async def ping(self) -> None:
+        """Always asks the store itself (readiness must tell the truth) and closes on success."""
+        await self._measure("ping", self._inner.ping())
+        self._close_breaker()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        probe = False
+        if self._open_until is not None:
+            if self._probing or self._clock() < self._open_until:
+                raise StoreUnavailable("store breaker is open")
+            self._probing = probe = True
+        try:
+            result = await self._measure(operation, call())
+        finally:
+            if probe:
+                self._probing = False
+        self._close_breaker()
+        return result
+
+    async def _measure(self, operation: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            result = await call
+        except StoreError as exc:
+            self._metrics.store_error(operation)
+            self._open_breaker(exc)
+            raise
+        finally:
+            self._metrics.store_latency(operation, time.perf_counter() - started)
+        return result
+
+    def _open_breaker(self, exc: StoreError) -> None:
+        if self._open_until is None:
+            log.warning("store failed, bypassing it", extra={"error": str(exc)})
+            self._metrics.breaker_open(True)
+        self._open_until = self._clock() + self._open_for
+
+    def _close_breaker(self) -> None:
+        if self._open_until is not None:
+            self._open_until = None
+            log.info("store answers again, caching resumes")
+            self._metrics.breaker_open(False)
