@@ -163,11 +163,11 @@ class ProxyApp:
                     client_host=client[0] if client else None,
                 )
             )
-            body = b"" if method == "HEAD" else reply.body
             if reply.rest is None:
-                await send_whole(send, reply.status, reply.headers, body)
+                head = method == "HEAD"
+                await send_whole(send, reply.status, reply.headers, reply.body, head=head)
             else:
-                await send_streamed(send, reply.status, reply.headers, body, reply.rest)
+                await send_streamed(send, reply.status, reply.headers, reply.body, reply.rest)
         elif not self.settings.passthrough:
             failure = (
                 errors.not_found() if route is None else errors.method_not_allowed(b"GET, HEAD")
@@ -231,7 +231,7 @@ class ProxyApp:
                 [(b"content-type", content_type)],
                 generate_latest(self.registry),
             )
-        await send_whole(send, status, headers, b"" if method == "HEAD" else body)
+        await send_whole(send, status, headers, body, head=method == "HEAD")
 
     async def _readiness(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         if self._parts is None:

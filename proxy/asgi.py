@@ -18,11 +18,13 @@ class ClientGone(Exception):
     """The client disconnected before its request body was read."""
 
 
-async def send_whole(send: Send, status: int, headers: list[Header], body: bytes) -> None:
-    """Send a response whose body is known, with its Content-Length."""
+async def send_whole(
+    send: Send, status: int, headers: list[Header], body: bytes, *, head: bool = False
+) -> None:
+    """Send a response whose body is known, with its Content-Length (HEAD: length, no body)."""
     headers.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 async def send_streamed(

@@ -10,7 +10,12 @@ from typing import Any
 import orjson
 
 # attributes every LogRecord has; anything else was passed in `extra=` and belongs in the line
-_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",  # uvicorn's ANSI-coloured duplicate of the message
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,0 +1,87 @@
+"""Shared fixtures: a real redis-server, the fake Lunary upstream, and proxies over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from config import Settings
+from proxy.app import ProxyApp, create_app
+from tests.fake_lunary import FakeLunary
+from tests.servers import RedisServer, ServerThread
+
+SCOPE_SECRET = "test-scope-secret"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A running, empty Redis (restarted if an earlier test left it stopped)."""
+    if not redis_server.running:
+        redis_server.start()
+    redis_server.client().flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def fake() -> FakeLunary:
+    return FakeLunary()
+
+
+@pytest.fixture
+def upstream(fake: FakeLunary) -> Iterator[ServerThread]:
+    with ServerThread(fake) as server:
+        yield server
+
+
+@dataclass
+class RunningProxy:
+    app: ProxyApp
+    url: str
+    client: httpx.Client
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.client.get(path, **kwargs)
+
+
+ProxyFactory = Callable[..., RunningProxy]
+
+
+@pytest.fixture
+def make_proxy(upstream: ServerThread) -> Iterator[ProxyFactory]:
+    """Start a proxy over real HTTP in front of the fake upstream; settings may be overridden."""
+    with ExitStack() as stack:
+
+        def start(**overrides: Any) -> RunningProxy:
+            options: dict[str, Any] = {
+                "upstream_url": upstream.url,
+                "scope_secret": SCOPE_SECRET,
+                "upstream_timeout": 2,
+            }
+            options.update(overrides)
+            app = create_app(Settings(**options))
+            server = stack.enter_context(ServerThread(app))
+            client = stack.enter_context(httpx.Client(base_url=server.url, timeout=10))
+            return RunningProxy(app, server.url, client)
+
+        yield start
+
+
+@pytest.fixture(params=["memory", "redis"])
+def proxy(request: pytest.FixtureRequest, make_proxy: ProxyFactory) -> RunningProxy:
+    """A default proxy, once on the embedded store and once on a real Redis."""
+    if request.param == "redis":
+        return make_proxy(redis_url=request.getfixturevalue("redis_url"))
+    return make_proxy()

@@ -1,0 +1,227 @@
+"""A fake Lunary runs API that behaves as ../shared/UPSTREAM.md describes, and counts requests.
+
+It is served over real HTTP by the tests. Knobs (latency, forced failures, extra headers) let a
+test shape the upstream; `requests` records what reached it, raw path and headers included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+JSON_TYPE = "application/json; charset=utf-8"
+RESERVED = {"count", "usage", "export"}
+
+
+@dataclass
+class Seen:
+    """One request as it reached the fake upstream."""
+
+    method: str
+    raw_path: bytes
+    query_string: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.headers if n == name), None)
+
+
+@dataclass
+class ApiKey:
+    project_id: str
+    org_id: str
+    private: bool = True
+
+
+@dataclass
+class FakeLunary:
+    """State and behaviour of the fake upstream; call the instance as an ASGI app."""
+
+    keys: dict[str, ApiKey] = field(default_factory=dict)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    run_orgs: dict[str, str] = field(default_factory=dict)
+    requests: list[Seen] = field(default_factory=list)
+    latency: float = 0.0
+    fail_status: int | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    body_override: bytes | None = None  # sent instead of a 200 run body (to fake broken JSON)
+    rate_limit: int = 10_000
+    retry_after: str = "30"
+    _window: Counter[str] = field(default_factory=Counter)
+
+    # -- set-up helpers ------------------------------------------------------------------
+
+    def add_key(self, org_id: str = "org-a", private: bool = True) -> str:
+        key = str(uuid.uuid4())
+        project_id = key if not private else str(uuid.uuid4())
+        self.keys[key] = ApiKey(project_id, org_id, private)
+        return key
+
+    def add_run(
+        self,
+        org_id: str = "org-a",
+        *,
+        settled: bool = True,
+        run_type: str = "llm",
+        parent: str | None = None,
+        marker: str = "",
+        size: int = 0,
+    ) -> str:
+        run_id = str(uuid.uuid4())
+        self.runs[run_id] = {
+            "id": run_id,
+            "projectId": str(uuid.uuid5(uuid.NAMESPACE_DNS, org_id)),
+            "isPublic": False,
+            "feedback": None,
+            "type": run_type,
+            "name": "gpt-4o",
+            "createdAt": "2026-11-01T10:00:00.000Z",
+            "endedAt": "2026-11-01T10:00:03.250Z" if settled else None,
+            "duration": "00:00:03.25" if settled else None,
+            "status": "success" if settled else "started",
+            "tokens": {"prompt": 10, "cachedPrompt": 0, "completion": 20, "total": 30},
+            "input": [{"role": "user", "content": "Hello é ✓", "enrichments": []}],
+            "output": [{"role": "assistant", "content": "x" * size, "enrichments": []}],
+            "parentRunId": parent,
+            "metadata": {"marker": marker},
+            "scores": [],
+        }
+        self.run_orgs[run_id] = org_id
+        return run_id
+
+    def count(self, path_fragment: str = "", method: str | None = None) -> int:
+        return sum(
+            1
+            for seen in self.requests
+            if path_fragment.encode() in seen.raw_path and (method is None or seen.method == method)
+        )
+
+    # -- ASGI ----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        body = await request.body()
+        self.requests.append(
+            Seen(
+                scope["method"],
+                scope.get("raw_path") or scope["path"].encode(),
+                scope["query_string"],
+                list(scope["headers"]),
+                body,
+            )
+        )
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        response = self._answer(request, body)
+        for name, value in self.extra_headers.items():
+            response.headers[name] = value
+        await response(scope, receive, send)
+
+    def _answer(self, request: Request, body: bytes) -> Response:
+        if self.fail_status is not None:
+            return _json({"message": "Internal Server Error"}, self.fail_status)
+        parts = request.url.path.strip("/").split("/")
+        if parts[:2] != ["v1", "runs"] or len(parts) < 3:
+            return self._other(request, body)
+        key, failure = self._authenticate(request)
+        if failure is not None:
+            return failure
+        assert key is not None
+        limited = self._rate_limited(request)
+        if limited is not None:
+            return limited
+        response = self._runs(request, parts[2:], key, body)
+        response.headers["Rate-Limit-Remaining"] = "149"
+        response.headers["Rate-Limit-Reset"] = f"{time.time() + 60:.3f}"
+        response.headers["Rate-Limit-Total"] = "150"
+        response.headers["Vary"] = "Origin"
+        if "origin" in request.headers:
+            response.headers["Access-Control-Allow-Origin"] = request.headers["origin"]
+        return response
+
+    def _authenticate(self, request: Request) -> tuple[ApiKey | None, Response | None]:
+        token = request.headers.get("x-api-key")
+        authorization = request.headers.get("authorization")
+        if authorization:
+            token = authorization.split(" ", 1)[-1]
+        if not token:
+            return None, _json({"message": "Not Found"}, 404)
+        try:
+            uuid.UUID(token)
+        except ValueError:
+            return None, _json({"message": "Invalid access token"}, 401)
+        key = self.keys.get(token)
+        if key is None:
+            return None, _json({"message": "Invalid API key"}, 401)
+        if not key.private:
+            return None, _json({"message": "This route requires a private API key"}, 401)
+        return key, None
+
+    def _rate_limited(self, request: Request) -> Response | None:
+        forwarded = request.headers.get("x-forwarded-for", "")
+        client = forwarded.split(",")[0].strip() or (request.client.host if request.client else "")
+        self._window[client] += 1
+        if self._window[client] <= self.rate_limit:
+            return None
+        return Response(
+            "Sometimes You Just Have to Slow Down.",
+            429,
+            headers={"Retry-After": self.retry_after, "Rate-Limit-Remaining": "0"},
+            media_type="text/plain",
+        )
+
+    def _runs(self, request: Request, rest: list[str], key: ApiKey, body: bytes) -> Response:
+        segment = rest[0]
+        if segment == "ingest" and request.method == "POST":
+            events = orjson.loads(body).get("events", [])
+            events = events if isinstance(events, list) else [events]
+            results = [{"id": e.get("runId"), "success": True} for e in events]
+            return _json({"results": results})
+        if segment in RESERVED:
+            return _json(len(self.runs))
+        try:
+            run_id = str(uuid.UUID(segment.strip("{}")))
+        except ValueError:
+            return _json({"message": f'invalid input syntax for type uuid: "{segment}"'}, 500)
+        visible = self.run_orgs.get(run_id) == key.org_id
+        if request.method != "GET":
+            if len(rest) == 1 and request.method == "DELETE":
+                return _json({}) if visible else _json({"message": "Run not found"}, 404)
+            return _json({})
+        if len(rest) == 1:
+            if not visible:
+                return _json({"message": "Run not found"}, 404)
+            if self.body_override is not None:
+                return Response(self.body_override, 200, media_type=JSON_TYPE)
+            return _json(self.runs[run_id])
+        if rest[1] == "related":
+            if not visible:
+                return _json([])
+            family = [self.runs[run_id]] + [
+                r for r in self.runs.values() if r.get("parentRunId") == run_id
+            ]
+            return _json(family)
+        return _json({"message": "Not Found"}, 404)
+
+    def _other(self, request: Request, body: bytes) -> Response:
+        if request.url.path == "/echo":
+            return Response(body, 201, media_type="application/octet-stream")
+        if request.url.path == "/v1/template_versions/latest":
+            return _json({"slug": request.query_params.get("slug"), "content": []})
+        return _json({"message": "Not Found"}, 404)
+
+
+def _json(content: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(content), status, media_type=JSON_TYPE)

@@ -1,0 +1,129 @@
+"""Real servers for the tests: uvicorn in a thread, and a redis-server process on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+import uvicorn
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerThread:
+    """An ASGI app served by uvicorn over real HTTP on a loopback port, in its own thread."""
+
+    def __init__(self, app: Any, **options: Any) -> None:
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            proxy_headers=False,
+            timeout_graceful_shutdown=2,
+            **options,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self._sock]))
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+
+def redis_binary() -> str:
+    """redis-server from PATH (CI installs it); fail loudly rather than skip the real-store tests."""
+    path = shutil.which("redis-server")
+    if path is None:
+        raise RuntimeError("redis-server is not installed: run `apt-get install -y redis-server`")
+    return path
+
+
+class RedisServer:
+    """A redis-server process on a free loopback port that a test may stop and start again."""
+
+    def __init__(self, *extra_args: str) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._extra = extra_args
+        self._dir = tempfile.mkdtemp(prefix="lcp-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [
+                redis_binary(),
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self._dir,
+                *self._extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(redis.RedisError):
+                if self.client().ping():
+                    return
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            os.kill(self._process.pid, signal.SIGKILL)
+            self._process.wait(timeout=10)
+        self._process = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, host="127.0.0.1", socket_timeout=2)
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """Stop the server for the duration of the block, then start it again."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
