@@ -91,6 +91,7 @@ class RedisServer:
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "no",
+                "--enable-debug-command", "local",
                 "--dir", self._dir,
                 *self._extra,
             ],

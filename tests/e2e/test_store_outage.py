@@ -1,0 +1,87 @@
+"""Redis failing or slow: requests go upstream (BYPASS) without stalling, and caching resumes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import redis
+
+from tests.conftest import ProxyFactory
+from tests.fake_lunary import FakeLunary
+from tests.servers import RedisServer
+
+# generous bound on one request while the store fails: far above the 0.25 s store timeout and
+# far below what a hung client pool or a retry loop would cost
+NO_STALL = 2.0
+
+
+def test_redis_down_bypasses_then_caching_resumes(
+    make_proxy: ProxyFactory, fake: FakeLunary, redis_url: str, redis_server: RedisServer
+) -> None:
+    proxy = make_proxy(redis_url=redis_url, redis_timeout=0.25)
+    key, run = fake.add_key(), fake.add_run()
+    headers = {"X-API-Key": key}
+    assert proxy.get(f"/v1/runs/{run}", headers=headers).headers["x-cache"] == "MISS"
+
+    with redis_server.down():
+        during = []
+        for _ in range(5):
+            started = time.monotonic()
+            during.append(proxy.get(f"/v1/runs/{run}", headers=headers))
+            assert time.monotonic() - started < NO_STALL
+        ready = proxy.get("/readyz")
+        health = proxy.get("/healthz")
+
+    assert [r.status_code for r in during] == [200] * 5
+    assert [r.headers["x-cache"] for r in during] == ["BYPASS"] * 5
+    assert "detail=store-unavailable" in during[0].headers["cache-status"]
+    assert ready.status_code == 503
+    assert ready.json()["error"] == "not_ready"
+    assert health.status_code == 200
+    assert fake.count(run) == 6
+
+    # the restarted server is empty: the next read misses and stores, the one after hits
+    deadline = time.monotonic() + 5
+    results: list[str] = []
+    while time.monotonic() < deadline and results[-1:] != ["HIT"]:
+        results.append(proxy.get(f"/v1/runs/{run}", headers=headers).headers["x-cache"])
+        time.sleep(0.1)
+    assert results[-1] == "HIT", results
+    assert proxy.get("/readyz").status_code == 200
+
+
+def test_slow_redis_costs_at_most_the_store_timeout(
+    make_proxy: ProxyFactory, fake: FakeLunary, redis_url: str, redis_server: RedisServer
+) -> None:
+    proxy = make_proxy(redis_url=redis_url, redis_timeout=0.25)
+    key, run = fake.add_key(), fake.add_run()
+    sleeper = threading.Thread(
+        target=lambda: redis.Redis(port=redis_server.port, socket_timeout=10).execute_command(
+            "DEBUG", "SLEEP", "1.5"
+        )
+    )
+    sleeper.start()
+    time.sleep(0.1)
+
+    started = time.monotonic()
+    answer = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
+    elapsed = time.monotonic() - started
+    sleeper.join()
+
+    assert answer.status_code == 200
+    assert answer.headers["x-cache"] == "BYPASS"
+    assert elapsed < 1.2  # bounded by PROXY_REDIS_TIMEOUT, not by the 1.5 s stall
+
+
+def test_proxy_starts_while_redis_is_down(
+    make_proxy: ProxyFactory, fake: FakeLunary, redis_url: str, redis_server: RedisServer
+) -> None:
+    key, run = fake.add_key(), fake.add_run()
+    with redis_server.down():
+        proxy = make_proxy(redis_url=redis_url)
+        answer = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
+        assert proxy.get("/readyz").status_code == 503
+
+    assert answer.status_code == 200
+    assert answer.headers["x-cache"] == "BYPASS"
