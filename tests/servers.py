@@ -66,7 +66,7 @@ class ServerThread:
 
 
 def redis_binary() -> str:
-    """redis-server from PATH (CI installs it); fail loudly rather than skip the real-store tests."""
+    """redis-server from PATH (CI installs it); fail loudly rather than skip real-store tests."""
     path = shutil.which("redis-server")
     if path is None:
         raise RuntimeError("redis-server is not installed: run `apt-get install -y redis-server`")

@@ -44,7 +44,8 @@ def test_runs_with_no_configuration_on_the_memory_store(tmp_path: Path) -> None:
         os.kill(process.pid, signal.SIGTERM)
         _, stderr = process.communicate(timeout=15)
 
-    assert health is not None and health.status_code == 200
+    assert health is not None
+    assert health.status_code == 200
     assert ready.status_code == 200
     store_lines = [line for line in stderr.splitlines() if "in-memory" in line]
     assert len(store_lines) == 1

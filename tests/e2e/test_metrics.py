@@ -49,7 +49,10 @@ def test_cache_results_and_upstream_statuses_are_counted(
     fills_2xx = value(text, "lunary_proxy_upstream_requests_total", purpose="fill", status="2xx")
     assert fills_2xx == 3
     assert value(text, "lunary_proxy_upstream_requests_total", purpose="fill", status="4xx") == 1
-    assert value(text, "lunary_proxy_upstream_requests_total", purpose="passthrough", status="2xx") == 1
+    assert (
+        value(text, "lunary_proxy_upstream_requests_total", purpose="passthrough", status="2xx")
+        == 1
+    )
     assert value(text, "lunary_proxy_upstream_request_duration_seconds_count", purpose="fill") == 4
     assert value(text, "lunary_proxy_store_errors_total", operation="lookup") >= 1
     assert value(down, "lunary_proxy_store_breaker_open") == 1

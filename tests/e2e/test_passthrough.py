@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import httpx
 import orjson
@@ -49,7 +50,7 @@ def test_writes_and_other_paths_are_forwarded_with_body_and_query(
 def test_large_bodies_stream_both_ways(proxy: RunningProxy, fake: FakeLunary) -> None:
     payload = bytes(range(256)) * 40_000  # ~10 MB
 
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks() -> Iterator[bytes]:
         for start in range(0, len(payload), 65536):
             yield payload[start : start + 65536]
 
@@ -138,7 +139,7 @@ def test_request_body_over_the_limit_gets_413(make_proxy: ProxyFactory, fake: Fa
 
     declared = proxy.client.post("/v1/runs/ingest", content=b"x" * 1001)
 
-    def chunked():  # type: ignore[no-untyped-def]
+    def chunked() -> Iterator[bytes]:
         for _ in range(20):
             yield b"y" * 100
 

@@ -1,4 +1,4 @@
-"""Cached reads over real HTTP: misses fill from the fake Lunary, repeats are answered from the store."""
+"""Cached reads over real HTTP: misses fill from the fake Lunary, repeats come from the store."""
 
 from __future__ import annotations
 
@@ -103,7 +103,9 @@ def test_hit_does_not_replay_per_request_upstream_headers(
     assert hit.headers["content-type"] == miss.headers["content-type"]
 
 
-def test_query_parameters_in_any_order_share_an_entry(proxy: RunningProxy, fake: FakeLunary) -> None:
+def test_query_parameters_in_any_order_share_an_entry(
+    proxy: RunningProxy, fake: FakeLunary
+) -> None:
     key, run = fake.add_key(), fake.add_run()
 
     a = proxy.get(f"/v1/runs/{run}?projectId=p1&x=1", headers=bearer(key))
@@ -157,7 +159,9 @@ def test_unsettled_run_is_fresh_only_for_the_active_ttl(
     for run in (running, done, thread):
         proxy.get(f"/v1/runs/{run}", headers=bearer(key))
     time.sleep(0.5)
-    again = {run: proxy.get(f"/v1/runs/{run}", headers=bearer(key)) for run in (running, done, thread)}
+    again = {
+        run: proxy.get(f"/v1/runs/{run}", headers=bearer(key)) for run in (running, done, thread)
+    }
 
     assert again[done].headers["x-cache"] == "HIT"
     assert again[running].headers["x-cache"] != "HIT"
@@ -191,7 +195,8 @@ def test_etag_on_miss_and_hit_and_if_none_match_gives_304(
     weak = proxy.get(f"/v1/runs/{run}", headers={**bearer(key), "If-None-Match": f"W/{etag}"})
     other = proxy.get(f"/v1/runs/{run}", headers={**bearer(key), "If-None-Match": '"nope"'})
 
-    assert etag.startswith('"') and etag.endswith('"')
+    assert etag.startswith('"')
+    assert etag.endswith('"')
     assert revalidated.status_code == 304
     assert revalidated.content == b""
     assert revalidated.headers["etag"] == etag
@@ -276,7 +281,9 @@ def test_unstorable_answers_are_passed_on_but_not_stored(
     assert fake.count(run) == 2
 
 
-def test_auth_failures_and_rate_limits_are_not_stored(proxy: RunningProxy, fake: FakeLunary) -> None:
+def test_auth_failures_and_rate_limits_are_not_stored(
+    proxy: RunningProxy, fake: FakeLunary
+) -> None:
     public = fake.add_key(private=False)
     run = fake.add_run()
     fake.rate_limit = 0
@@ -318,7 +325,9 @@ def test_body_over_the_entry_limit_is_passed_on_whole_but_not_stored(
     assert fake.count(run) == 2
 
 
-def test_invalid_json_is_passed_on_but_not_stored(make_proxy: ProxyFactory, fake: FakeLunary) -> None:
+def test_invalid_json_is_passed_on_but_not_stored(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
     proxy = make_proxy()
     key, run = fake.add_key(), fake.add_run()
     fake.body_override = b'{"id": "truncated'

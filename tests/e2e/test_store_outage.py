@@ -56,11 +56,8 @@ def test_slow_redis_costs_at_most_the_store_timeout(
 ) -> None:
     proxy = make_proxy(redis_url=redis_url, redis_timeout=0.25)
     key, run = fake.add_key(), fake.add_run()
-    sleeper = threading.Thread(
-        target=lambda: redis.Redis(port=redis_server.port, socket_timeout=10).execute_command(
-            "DEBUG", "SLEEP", "1.5"
-        )
-    )
+    stall = redis.Redis(port=redis_server.port, socket_timeout=10)
+    sleeper = threading.Thread(target=stall.execute_command, args=("DEBUG", "SLEEP", "1.5"))
     sleeper.start()
     time.sleep(0.1)
 

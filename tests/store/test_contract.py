@@ -1,0 +1,95 @@
+"""One contract, two stores: the embedded memory store and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.model import Entry, EntryKey
+from proxy.ports import Store
+from proxy.store.memory import MemoryStore
+from proxy.store.redis import RedisStore, connect
+
+RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+BODY = '{"id":"a0eebc99","text":"héllo ✓"}'.encode() + bytes(range(256))
+
+
+def entry(body: bytes = BODY, fresh: float = 60, stale: float = 600, status: int = 200) -> Entry:
+    return Entry(status, "application/json; charset=utf-8", body, '"etag"', 1.7e9, fresh, stale)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        memory = MemoryStore(max_entries=100)
+        yield memory
+        await memory.close()
+    else:
+        url = request.getfixturevalue("redis_url")
+        redis_store = RedisStore(connect(url, cluster=False, timeout=1.0), timeout=1.0)
+        yield redis_store
+        await redis_store.close()
+
+
+async def test_absent_key_is_a_miss(store: Store) -> None:
+    found = await store.lookup(EntryKey(RUN, "run:s1"))
+
+    assert found.entry is None
+    assert found.generation == 0
+
+
+async def test_saved_entry_comes_back_byte_for_byte(store: Store) -> None:
+    key = EntryKey(RUN, "run:s1")
+    await store.save(key, entry())
+
+    found = await store.lookup(key)
+
+    assert found.entry == entry()
+    assert found.entry is not None
+    assert found.entry.body == BODY
+
+
+async def test_entries_are_separate_per_key(store: Store) -> None:
+    await store.save(EntryKey(RUN, "run:s1"), entry(b"one"))
+    await store.save(EntryKey(RUN, "run:s2"), entry(b"two"))
+    await store.save(EntryKey(RUN, "related:s1"), entry(b"three"))
+
+    bodies = [
+        (await store.lookup(EntryKey(RUN, name))).entry
+        for name in ("run:s1", "run:s2", "related:s1", "related:s2")
+    ]
+
+    assert [e.body if e else None for e in bodies] == [b"one", b"two", b"three", None]
+
+
+async def test_entry_disappears_after_fresh_plus_stale_time(store: Store) -> None:
+    key = EntryKey(RUN, "run:s1")
+    await store.save(key, entry(fresh=0.1, stale=0.1))
+
+    assert (await store.lookup(key)).entry is not None
+    await asyncio.sleep(0.35)
+    assert (await store.lookup(key)).entry is None
+
+
+async def test_zero_lifetime_is_not_kept(store: Store) -> None:
+    key = EntryKey(RUN, "run:s1")
+    await store.save(key, entry(fresh=0, stale=0))
+
+    assert (await store.lookup(key)).entry is None
+
+
+async def test_overwrite_replaces_the_entry(store: Store) -> None:
+    key = EntryKey(RUN, "run:s1")
+    await store.save(key, entry(b"old"))
+    await store.save(key, entry(b"new"))
+
+    found = await store.lookup(key)
+
+    assert found.entry is not None
+    assert found.entry.body == b"new"
+
+
+async def test_ping_answers(store: Store) -> None:
+    await store.ping()

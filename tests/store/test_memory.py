@@ -1,0 +1,37 @@
+"""Memory-store specifics: the LRU bound."""
+
+from __future__ import annotations
+
+from proxy.model import Entry, EntryKey
+from proxy.store.memory import MemoryStore
+
+RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+
+
+def entry(body: bytes) -> Entry:
+    return Entry(200, "application/json", body, '"e"', 0.0, 60, 0)
+
+
+async def test_least_recently_used_entry_is_evicted_past_the_bound() -> None:
+    store = MemoryStore(max_entries=2)
+    await store.save(EntryKey(RUN, "a"), entry(b"a"))
+    await store.save(EntryKey(RUN, "b"), entry(b"b"))
+    await store.lookup(EntryKey(RUN, "a"))  # a is now more recent than b
+    await store.save(EntryKey(RUN, "c"), entry(b"c"))
+
+    assert len(store) == 2
+    assert (await store.lookup(EntryKey(RUN, "a"))).entry is not None
+    assert (await store.lookup(EntryKey(RUN, "b"))).entry is None
+    assert (await store.lookup(EntryKey(RUN, "c"))).entry is not None
+
+
+async def test_expiry_follows_the_injected_clock() -> None:
+    now = [100.0]
+    store = MemoryStore(max_entries=10, clock=lambda: now[0])
+    await store.save(EntryKey(RUN, "a"), entry(b"a"))
+
+    now[0] = 159.9
+    assert (await store.lookup(EntryKey(RUN, "a"))).entry is not None
+    now[0] = 160.0
+    assert (await store.lookup(EntryKey(RUN, "a"))).entry is None
+    assert len(store) == 0

@@ -1,0 +1,93 @@
+"""Redis-store specifics: key layout, TTLs, generations, corrupt values, failure mapping."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.model import Entry, EntryKey
+from proxy.ports import StoreError
+from proxy.store.redis import RedisStore, connect, entry_redis_key, generation_redis_key
+from tests.servers import RedisServer, free_port
+
+RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+KEY = EntryKey(RUN, "run:scope")
+
+
+def entry(generation: int = 0) -> Entry:
+    return Entry(200, "application/json", b"{}", '"e"', 1.7e9, 60, 540, generation)
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    corrupt: list[int] = []
+    s = RedisStore(
+        connect(redis_url, cluster=False, timeout=1), 1, on_corrupt=lambda: corrupt.append(1)
+    )
+    s.corrupt = corrupt  # type: ignore[attr-defined]
+    yield s
+    await s.close()
+
+
+async def test_keys_share_the_run_hash_tag(store: RedisStore, redis_server: RedisServer) -> None:
+    await store.save(KEY, entry())
+
+    keys = [k.decode() for k in redis_server.client().scan_iter()]
+
+    assert keys == [f"lcp:1:{{{RUN}}}:run:scope"]
+    assert entry_redis_key(KEY) == keys[0]
+    assert generation_redis_key(RUN) == f"lcp:1:{{{RUN}}}:gen"
+
+
+async def test_physical_ttl_is_fresh_plus_stale(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    await store.save(KEY, entry())
+
+    ttl_ms = redis_server.client().pttl(entry_redis_key(KEY))
+
+    assert 599_000 < ttl_ms <= 600_000
+
+
+async def test_entry_behind_the_run_generation_is_a_miss(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    await store.save(KEY, entry(generation=0))
+    redis_server.client().incr(generation_redis_key(RUN))
+
+    found = await store.lookup(KEY)
+    await store.save(KEY, entry(generation=found.generation))
+
+    assert found.entry is None
+    assert found.generation == 1
+    assert (await store.lookup(KEY)).entry is not None
+
+
+async def test_corrupt_or_foreign_value_is_a_counted_miss(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    redis_server.client().set(entry_redis_key(KEY), b"not ours")
+
+    found = await store.lookup(KEY)
+    await store.save(KEY, entry())
+
+    assert found.entry is None
+    assert store.corrupt == [1]  # type: ignore[attr-defined]
+    assert (await store.lookup(KEY)).entry is not None
+
+
+async def test_unreachable_redis_raises_store_error_quickly() -> None:
+    store = RedisStore(connect(f"redis://127.0.0.1:{free_port()}", cluster=False, timeout=0.2), 0.2)
+    started = time.monotonic()
+
+    with pytest.raises(StoreError):
+        await store.lookup(KEY)
+    with pytest.raises(StoreError):
+        await store.save(KEY, entry())
+    with pytest.raises(StoreError):
+        await store.ping()
+
+    assert time.monotonic() - started < 2
+    await store.close()
