@@ -113,6 +113,11 @@ class RedisServer:
             self._process.wait(timeout=10)
         self._process = None
 
+    def close(self) -> None:
+        """Stop the server and remove its working directory."""
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
