@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
@@ -22,6 +23,10 @@ def main() -> None:
     if settings.workers > 1 and not settings.scope_secret.get_secret_value():
         # workers build their own app: give them one generated secret so they share scopes
         os.environ["PROXY_SCOPE_SECRET"] = secrets.token_urlsafe(32)
+        logging.getLogger("proxy").warning(
+            "PROXY_SCOPE_SECRET is not set: the workers share a random one, so cached entries "
+            "survive neither a restart nor sharing between replicas"
+        )
     from proxy.app import create_app
 
     target = "proxy.app:app" if settings.workers > 1 else create_app(settings)

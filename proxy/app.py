@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import math
 import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -11,7 +15,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from config import Settings, load_settings
-from proxy import errors
+from proxy import errors, logs
 from proxy.asgi import (
     ClientGone,
     Receive,
@@ -23,21 +27,25 @@ from proxy.asgi import (
     send_streamed,
     send_whole,
 )
-from proxy.lifecycle import CachedReads, ReadRequest
+from proxy.lifecycle import CachedReads, Coordination, ReadRequest
 from proxy.metrics import Metrics
 from proxy.passthrough import Passthrough, RequestTooLarge
 from proxy.paths import check_path, match_cached_route
 from proxy.policy import Lifetimes
 from proxy.ports import Store, StoreError, Upstream, UpstreamError, UpstreamTimeout
+from proxy.ratelimit import Cooldowns, RateLimited
 from proxy.scope import ScopeHasher
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
-from proxy.store.redis import RedisStore, connect
+from proxy.store.notify import FillNotices
+from proxy.store.redis import FILLED_CHANNEL, RedisStore, connect
+from proxy.tasks import TaskSet
 from proxy.upstream import HttpxUpstream
 
 log = logging.getLogger("proxy")
 READ_METHODS = frozenset({"GET", "HEAD"})
 OWN_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
+RESERVED_PREFIX = b"/admin/"
 JSON = (b"content-type", errors.JSON_TYPE)
 
 
@@ -49,6 +57,9 @@ class Components:
     reads: CachedReads
     passthrough: Passthrough
     upstream: Upstream
+    tasks: TaskSet
+    notices: FillNotices | None
+    listener: asyncio.Task[None] | None
 
 
 class ProxyApp:
@@ -89,8 +100,12 @@ class ProxyApp:
 
     async def startup(self) -> None:
         s = self.settings
-        store = GuardedStore(self._open_store(), self.metrics)
+        tasks = TaskSet()
+        notices = self._open_notices()
+        listener = None if notices is None else asyncio.create_task(notices.run())
+        store = GuardedStore(self._open_store(notices), self.metrics)
         upstream = HttpxUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
+        cooldowns = Cooldowns(store)
         lifetimes = Lifetimes(
             cache_ttl=s.cache_ttl,
             stale_ttl=s.stale_ttl,
@@ -98,11 +113,28 @@ class ProxyApp:
             negative_ttl=s.negative_ttl,
             max_entry_bytes=s.max_entry_bytes,
         )
+        coordination = Coordination(
+            # a leader's fetch cannot outlive the upstream timeout; the lease adds a margin
+            lock_lease=s.upstream_timeout + 1,
+            coalesce_timeout=s.effective_coalesce_timeout,
+        )
         self._parts = Components(
             store=store,
-            reads=CachedReads(store, upstream, self._hasher, lifetimes, self.metrics),
-            passthrough=Passthrough(upstream, s.max_request_bytes, self.metrics),
+            reads=CachedReads(
+                store,
+                upstream,
+                self._hasher,
+                lifetimes,
+                self.metrics,
+                tasks,
+                cooldowns,
+                coordination,
+            ),
+            passthrough=Passthrough(upstream, s.max_request_bytes, self.metrics, cooldowns),
             upstream=upstream,
+            tasks=tasks,
+            notices=notices,
+            listener=listener,
         )
         if self._secret_generated:
             log.warning(
@@ -111,21 +143,38 @@ class ProxyApp:
             )
         log.info(
             "lunary-cache-proxy ready",
-            extra={"upstream": s.upstream_url, "store": self._store_description()},
+            extra={"upstream": _redacted(s.upstream_url), "store": self._store_description()},
         )
 
     async def shutdown(self) -> None:
-        if self._parts is not None:
-            await self._parts.upstream.close()
-            await self._parts.store.close()
-            self._parts = None
+        parts, self._parts = self._parts, None
+        if parts is not None:
+            # in-flight fills and refreshes get a moment to land, then are cancelled
+            await parts.tasks.close(grace=1.0)
+            if parts.listener is not None:
+                parts.listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await parts.listener
+            await parts.upstream.close()
+            await parts.store.close()
+            if parts.notices is not None:
+                await parts.notices.close()
 
-    def _open_store(self) -> Store:
+    def _open_notices(self) -> FillNotices | None:
+        s = self.settings
+        if not s.redis_url:
+            return None
+        listener = connect(s.redis_url, cluster=s.redis_cluster, timeout=None)
+        return FillNotices(listener, FILLED_CHANNEL)
+
+    def _open_store(self, notices: FillNotices | None) -> Store:
         s = self.settings
         if not s.redis_url:
             return MemoryStore(s.memory_max_entries)
         client = connect(s.redis_url, cluster=s.redis_cluster, timeout=s.redis_timeout)
-        return RedisStore(client, s.redis_timeout, on_corrupt=self.metrics.corrupt_entry)
+        return RedisStore(
+            client, s.redis_timeout, on_corrupt=self.metrics.corrupt_entry, notices=notices
+        )
 
     def _store_description(self) -> str:
         s = self.settings
@@ -141,6 +190,10 @@ class ProxyApp:
         method: str = scope["method"]
         if raw_path in OWN_PATHS:
             await self._own(raw_path, method, send)
+            return
+        if raw_path.startswith(RESERVED_PREFIX) or raw_path == b"/openapi.json":
+            # the proxy's own surface: never forwarded, so an admin token never reaches Lunary
+            await send_error(send, errors.not_found())
             return
         rejected = check_path(raw_path)
         if rejected is not None:
@@ -167,7 +220,8 @@ class ProxyApp:
                 head = method == "HEAD"
                 await send_whole(send, reply.status, reply.headers, reply.body, head=head)
             else:
-                await send_streamed(send, reply.status, reply.headers, reply.body, reply.rest)
+                rest = reply.rest
+                await _relay(send, reply.status, reply.headers, reply.body, rest, rest.aclose)
         elif not self.settings.passthrough:
             failure = (
                 errors.not_found() if route is None else errors.method_not_allowed(b"GET, HEAD")
@@ -199,6 +253,9 @@ class ProxyApp:
         except RequestTooLarge:
             await send_error(send, errors.request_too_large(self.settings.max_request_bytes))
             return
+        except RateLimited as limited:
+            await send_error(send, errors.rate_limited(max(1, math.ceil(limited.remaining))))
+            return
         except ClientGone:
             return
         except UpstreamError as exc:
@@ -207,14 +264,7 @@ class ProxyApp:
                 send, errors.upstream_timeout() if timed_out else errors.upstream_unreachable()
             )
             return
-        try:
-            await send_streamed(send, response.status, response.headers, b"", response.chunks)
-        except UpstreamError as exc:
-            # headers are out: all we can do is cut the connection so the client sees truncation
-            log.warning("upstream failed mid-response", extra={"error": type(exc).__name__})
-            raise
-        finally:
-            await response.aclose()
+        await _relay(send, response.status, response.headers, b"", response.chunks, response.aclose)
 
     async def _own(self, raw_path: bytes, method: str, send: Send) -> None:
         if method not in READ_METHODS:
@@ -245,25 +295,46 @@ class ProxyApp:
         return 200, [JSON], orjson.dumps({"status": "ready"})
 
 
+async def _relay(
+    send: Send,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    first: bytes,
+    rest: AsyncIterator[bytes],
+    close: Callable[[], Awaitable[None]],
+) -> None:
+    """Stream an upstream body to the client, and always release the upstream response."""
+    try:
+        await send_streamed(send, status, headers, first, rest)
+    except UpstreamError as exc:
+        # the headers are out: returning without the final body message makes the server cut
+        # the connection, so the client sees a truncated answer, never a complete wrong one
+        log.warning("upstream failed mid-response", extra={"error": type(exc).__name__})
+    finally:
+        await close()
+
+
 def create_app(settings: Settings | None = None) -> ProxyApp:
     """Build the app; settings default to the environment (PROXY_* and .env)."""
     return ProxyApp(settings if settings is not None else load_settings())
 
 
 def _redacted(url: str) -> str:
-    """A Redis URL without its password, for logs."""
+    """A URL fit for logs: no password in the user part, no query (it may carry one too)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
+    netloc = parts.netloc
+    if "@" in netloc:
+        user_info, host = netloc.rsplit("@", 1)
+        netloc = user_info.split(":", 1)[0] + ":***@" + host
+    return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
 
 
 def __getattr__(name: str) -> ProxyApp:
     """`proxy.app:app` for ASGI servers, built from the environment on first access."""
     if name == "app":
-        application = create_app()
+        settings = load_settings()
+        logs.configure(settings.log_level, settings.log_format)  # uvicorn workers start bare
+        application = create_app(settings)
         globals()["app"] = application
         return application
     raise AttributeError(name)

@@ -21,8 +21,12 @@ class ClientGone(Exception):
 async def send_whole(
     send: Send, status: int, headers: list[Header], body: bytes, *, head: bool = False
 ) -> None:
-    """Send a response whose body is known, with its Content-Length (HEAD: length, no body)."""
-    headers.append((b"content-length", b"%d" % len(body)))
+    """Send a response whose body is known, with its Content-Length (HEAD: length, no body).
+
+    A 304 carries no Content-Length: it would have to be the 200's, and a 0 misleads caches.
+    """
+    if status != 304:
+        headers.append((b"content-length", b"%d" % len(body)))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
 

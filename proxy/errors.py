@@ -42,6 +42,15 @@ def request_too_large(limit: int) -> ProxyErrorReply:
     )
 
 
+def rate_limited(retry_after: int) -> ProxyErrorReply:
+    return ProxyErrorReply(
+        429,
+        "rate_limited",
+        f"The Lunary API rate limit was reached; retry after {retry_after} s.",
+        ((b"retry-after", b"%d" % retry_after),),
+    )
+
+
 def not_found() -> ProxyErrorReply:
     return ProxyErrorReply(404, "not_found", "This proxy does not forward that path.")
 

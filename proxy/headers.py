@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from email.utils import parsedate_to_datetime
 
 from proxy.model import ClientDirectives
 
@@ -93,3 +94,21 @@ def first_forwarded_address(value: bytes | None) -> str:
     if not value:
         return ""
     return value.split(b",", 1)[0].strip().decode("latin-1")
+
+
+def retry_after_seconds(
+    value: bytes | None, now: float, default: float = 1.0, longest: float = 3600.0
+) -> float:
+    """Seconds from a Retry-After value (delta-seconds or an HTTP date), between `default` and
+    `longest`; `default` when absent or unusable."""
+    if value is None:
+        return default
+    text = value.decode("latin-1").strip()
+    if text.isdigit():
+        seconds = float(text)
+    else:
+        try:
+            seconds = parsedate_to_datetime(text).timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return default
+    return min(max(seconds, default), longest)

@@ -1,16 +1,29 @@
-"""The one driver of a cached read: recv -> hash -> lookup -> hit | fetch -> store -> deliver.
+"""The one driver of a cached read: recv -> hash -> lookup -> hit | stale | fill -> deliver.
 
-It does I/O only through the Store and Upstream ports, and reads the clock once per request.
+It does I/O only through the Store and Upstream ports and reads the clock once per request.
+Fills are coalesced: one task per key in the process (SingleFlight), and one fetch per key across
+replicas (the store's fill lock); stale entries are answered at once while one background
+refresh runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from proxy import errors
-from proxy.headers import Header, client_directives, end_to_end, forwarded_for, if_none_match_hits
+from proxy import errors, replies
+from proxy.coalesce import SingleFlight
+from proxy.headers import (
+    Header,
+    client_directives,
+    end_to_end,
+    first_forwarded_address,
+    forwarded_for,
+)
 from proxy.metrics import Metrics
 from proxy.model import (
     CachedRoute,
@@ -21,7 +34,6 @@ from proxy.model import (
     Freshness,
     Judgement,
     Reason,
-    StoreFor,
 )
 from proxy.paths import normalise_query
 from proxy.policy import Lifetimes, cache_status, entry_key, judge, make_etag, storage_decision
@@ -34,7 +46,10 @@ from proxy.ports import (
     UpstreamRequest,
     UpstreamTimeout,
 )
+from proxy.ratelimit import Cooldowns, RateLimited
+from proxy.replies import Reply
 from proxy.scope import ScopeHasher
+from proxy.tasks import TaskSet
 
 # Request headers a cache fill never forwards: conditionals and cache controls are ours to
 # answer, and the response must not depend on anything outside the key (Cookie is not in it).
@@ -56,9 +71,10 @@ FILL_DROP = frozenset(
         b"x-forwarded-for",
     }
 )
-# Upstream headers not relayed on a miss: the length is ours to set, the validator is ours.
-RELAY_DROP = frozenset({b"content-length", b"etag", b"last-modified"})
 IDENTITY = (b"accept-encoding", b"identity")
+# How often a waiter on another replica's fill looks at the store even without a notice: a
+# safety net for a lost pub/sub message, not the wake-up path.
+RECHECK_INTERVAL = 0.5
 
 
 @dataclass(slots=True)
@@ -71,19 +87,6 @@ class ReadRequest:
     query_string: bytes
     headers: list[Header]
     client_host: str | None
-
-
-@dataclass(slots=True)
-class Reply:
-    """What to send back: `body` first, then `rest` (if streaming); `cache` is the metric label."""
-
-    status: int
-    headers: list[Header]
-    body: bytes = b""
-    rest: AsyncIterator[bytes] | None = None
-    cache: str = ""
-    upstream_status: int | None = None
-    detail: Reason | None = None
 
 
 @dataclass(slots=True)
@@ -106,7 +109,10 @@ class _Facts:
             elif name == b"x-api-key":
                 facts.api_key = _joined(facts.api_key, value)
             elif name == b"if-none-match":
-                facts.if_none_match = _joined(facts.if_none_match, value)
+                # repeated fields are one comma-separated list (RFC 9110 5.3)
+                facts.if_none_match = (
+                    value if facts.if_none_match is None else facts.if_none_match + b", " + value
+                )
             elif name == b"x-forwarded-for":
                 facts.forwarded.append(value)
             elif name == b"cache-control":
@@ -122,9 +128,33 @@ def _joined(existing: bytes | None, value: bytes) -> bytes:
 
 
 @dataclass(slots=True)
-class _Stale:
-    entry: Entry
-    judgement: Judgement
+class _Fill:
+    """One upstream fetch for a key: what to send, where to store, which rate bucket it spends."""
+
+    key: EntryKey
+    request: UpstreamRequest
+    bucket: str
+    generation: int
+    use_store: bool
+    now: float
+
+
+@dataclass(slots=True)
+class _Filled:
+    """A fill's outcome. `fetched` is None when another replica fetched and stored `entry`."""
+
+    fetched: FetchedResponse | None
+    entry: Entry | None
+    stored: bool = False
+    not_stored: Reason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Coordination:
+    """How long fills may hold the cross-replica lock, and waiters may wait for another's fill."""
+
+    lock_lease: float
+    coalesce_timeout: float
 
 
 class CachedReads:
@@ -137,6 +167,9 @@ class CachedReads:
         hasher: ScopeHasher,
         lifetimes: Lifetimes,
         metrics: Metrics,
+        tasks: TaskSet,
+        cooldowns: Cooldowns,
+        coordination: Coordination,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -144,7 +177,10 @@ class CachedReads:
         self._hasher = hasher
         self._lifetimes = lifetimes
         self._metrics = metrics
+        self._cooldowns = cooldowns
+        self._coordination = coordination
         self._clock = clock
+        self._flights: SingleFlight[EntryKey, _Filled] = SingleFlight(tasks)
 
     async def serve(self, request: ReadRequest) -> Reply:
         now = self._clock()
@@ -156,12 +192,14 @@ class CachedReads:
             normalise_query(request.query_string),
         )
         if wants.no_store:
-            reply = await self._forward(request, facts, key, now, bypass=Reason.CLIENT_NO_STORE)
+            fill = self._fill_for(request, facts, key, now, generation=0, use_store=False)
+            reply = await self._own_fill_reply(fill, None, CacheResult.BYPASS, "bypass",
+                                               Reason.CLIENT_NO_STORE)  # fmt: skip
         else:
             reply = await self._read_through(request, facts, key, now, refresh=wants.no_cache)
         self._metrics.request(request.route.kind.value, reply.cache)
-        if reply.status == 200 and facts.if_none_match is not None:
-            reply = _not_modified_if_matching(reply, facts.if_none_match)
+        if facts.if_none_match is not None:
+            reply = replies.not_modified_if_matching(reply, facts.if_none_match)
         return reply
 
     async def _read_through(
@@ -170,199 +208,293 @@ class CachedReads:
         try:
             found = await self._store.lookup(key)
         except StoreError:
-            return await self._forward(request, facts, key, now, bypass=Reason.STORE_UNAVAILABLE)
-        stale: _Stale | None = None
+            fill = self._fill_for(request, facts, key, now, generation=0, use_store=False)
+            return await self._coalesced_reply(
+                fill, None, CacheResult.BYPASS, "bypass", Reason.STORE_UNAVAILABLE
+            )
+        stale: tuple[Entry, Judgement] | None = None
         if found.entry is not None:
             judgement = judge(found.entry, now)
             if judgement.freshness is Freshness.FRESH and not refresh:
-                return _hit(found.entry, judgement)
+                return replies.hit(found.entry, judgement)
             if judgement.freshness is not Freshness.EXPIRED and found.entry.status == 200:
-                stale = _Stale(found.entry, judgement)  # kept for stale-if-error
-        return await self._forward(
-            request, facts, key, now, generation=found.generation, stale=stale, refresh=refresh
-        )
+                stale = (found.entry, judgement)
+        fill = self._fill_for(request, facts, key, now, found.generation, use_store=True)
+        if stale is not None and not refresh:
+            self._refresh_in_background(fill)
+            return replies.stale(*stale, Reason.REVALIDATING)
+        fwd = "request" if refresh else ("stale" if found.entry is not None else "miss")
+        return await self._coalesced_reply(fill, stale, CacheResult.MISS, fwd)
 
-    async def _forward(
+    # -- fills ----------------------------------------------------------------------------
+
+    async def _coalesced_reply(
+        self,
+        fill: _Fill,
+        stale: tuple[Entry, Judgement] | None,
+        result: CacheResult,
+        fwd: str,
+        detail: Reason | None = None,
+    ) -> Reply:
+        """Join the fill in flight for this key, or lead one; fall back to our own on timeout."""
+        task, leading = self._flights.join(fill.key, lambda: self._fill(fill, wait=True))
+        try:
+            if leading:
+                filled = await _shielded_for_leader(task)
+            else:
+                self._metrics.coalesced("joined")
+                filled = await asyncio.wait_for(
+                    asyncio.shield(task), self._coordination.coalesce_timeout
+                )
+        except TimeoutError:
+            self._metrics.coalesced("timeout")
+            return await self._own_fill_reply(fill, stale, result, fwd, detail)
+        except (UpstreamError, RateLimited) as exc:
+            return self._failed(exc, stale, result)
+        if stale is not None and _upstream_failed(filled):
+            return await _stale_instead(filled, stale, close=leading)
+        if leading:
+            return self._reply_for_leader(filled, result, fwd, detail)
+        shared = self._shared(filled)
+        if shared is None:  # nothing another request can reuse: fetch for ourselves
+            self._metrics.coalesced("refetch")
+            return await self._own_fill_reply(fill, stale, result, fwd, detail)
+        return replies.collapsed(shared, result, fwd, detail)
+
+    async def _own_fill_reply(
+        self,
+        fill: _Fill,
+        stale: tuple[Entry, Judgement] | None,
+        result: CacheResult,
+        fwd: str,
+        detail: Reason | None = None,
+    ) -> Reply:
+        try:
+            filled = await self._fill(fill, wait=True)
+        except (UpstreamError, RateLimited) as exc:
+            return self._failed(exc, stale, result)
+        if stale is not None and _upstream_failed(filled):
+            return await _stale_instead(filled, stale, close=True)
+        return self._reply_for_leader(filled, result, fwd, detail)
+
+    async def _fill(self, fill: _Fill, *, wait: bool) -> _Filled:
+        """Fetch and store, unless another replica already is: then (if `wait`) take its entry."""
+        try:
+            await self._cooldowns.check(fill.bucket, fill.now)
+        except RateLimited:
+            self._metrics.cooldown_rejection()
+            raise
+        token: str | None = None
+        if fill.use_store:
+            with self._store.watch_fill(fill.key) as landed:
+                token = secrets.token_hex(8)
+                try:
+                    leading = await self._store.begin_fill(
+                        fill.key, token, self._coordination.lock_lease
+                    )
+                except StoreError:
+                    leading, token = True, None  # cannot coordinate: in-process single-flight holds
+                if not leading:
+                    if not wait:
+                        return _Filled(None, None)
+                    entry = await self._entry_from_other_replica(fill.key, landed)
+                    if entry is not None:
+                        self._metrics.coalesced("replica")
+                        return _Filled(None, entry)
+                    token = None  # the lock is another replica's: fetch on our own
+        try:
+            fetched = await self._fetch(fill)
+        except BaseException:
+            if token is not None:
+                await self._release(fill.key, token)
+            raise
+        return await self._keep(fill, fetched, token)
+
+    async def _fetch(self, fill: _Fill) -> FetchedResponse:
+        started = time.perf_counter()
+        try:
+            fetched = await self._upstream.fetch(fill.request, self._lifetimes.max_entry_bytes)
+        except UpstreamError as exc:
+            label = "timeout" if isinstance(exc, UpstreamTimeout) else "unreachable"
+            self._metrics.upstream("fill", label, time.perf_counter() - started)
+            raise
+        self._metrics.upstream("fill", fetched.status, fetched.elapsed)
+        retry_after = next((v for n, v in fetched.headers if n == b"retry-after"), None)
+        if await self._cooldowns.learn(fetched.status, retry_after, fill.bucket, fill.now):
+            self._metrics.cooldown_started()
+        return fetched
+
+    async def _keep(self, fill: _Fill, fetched: FetchedResponse, token: str | None) -> _Filled:
+        """Store what may be stored, release the fill lock and wake waiters, in one store call."""
+        decision = storage_decision(
+            fetched.status, fetched.headers, fetched.body, fetched.complete, self._lifetimes
+        )
+        entry: Entry | None = None
+        if isinstance(decision, DontStore):
+            self._metrics.not_stored(decision.reason)
+        else:
+            entry = Entry(
+                status=fetched.status,
+                content_type=_content_type(fetched.headers),
+                body=fetched.body,
+                etag=make_etag(fetched.body),
+                stored_at=fill.now,
+                fresh_for=decision.fresh_for,
+                stale_for=decision.stale_for,
+                generation=fill.generation,
+            )
+        not_stored = decision.reason if isinstance(decision, DontStore) else None
+        if not fill.use_store:
+            return _Filled(fetched, entry, stored=False, not_stored=not_stored)
+        try:
+            if token is not None:
+                await self._store.end_fill(fill.key, token, entry)
+            elif entry is not None:
+                await self._store.save(fill.key, entry)
+        except StoreError:
+            return _Filled(fetched, entry, stored=False, not_stored=Reason.STORE_UNAVAILABLE)
+        return _Filled(fetched, entry, stored=entry is not None, not_stored=not_stored)
+
+    async def _release(self, key: EntryKey, token: str) -> None:
+        with contextlib.suppress(StoreError):
+            await self._store.end_fill(key, token, None)
+
+    async def _entry_from_other_replica(
+        self, key: EntryKey, landed: asyncio.Future[None] | None
+    ) -> Entry | None:
+        """Wait (bounded) for the replica holding the lock to store a fresh entry."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._coordination.coalesce_timeout
+        while True:
+            try:
+                found = await self._store.lookup(key)
+            except StoreError:
+                return None
+            if found.entry is not None and judge(found.entry, self._clock()).ttl > 0:
+                return found.entry
+            remaining = deadline - loop.time()
+            if remaining <= 0 or (landed is not None and landed.done()):
+                return None  # waited long enough, or the leader finished without storing
+            pause = min(remaining, RECHECK_INTERVAL)
+            if landed is None:
+                await asyncio.sleep(pause)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(landed), pause)
+
+    def _refresh_in_background(self, fill: _Fill) -> None:
+        """One refresh per key: skipped when this process or another replica already runs one."""
+        if self._flights.running(fill.key):
+            return
+        task, _ = self._flights.join(fill.key, lambda: self._fill(fill, wait=False))
+        self._metrics.background_refresh()
+        task.add_done_callback(_close_unread_body)
+
+    def _fill_for(
         self,
         request: ReadRequest,
         facts: _Facts,
         key: EntryKey,
         now: float,
-        *,
-        generation: int = 0,
-        stale: _Stale | None = None,
-        refresh: bool = False,
-        bypass: Reason | None = None,
-    ) -> Reply:
-        """Fetch from upstream; store the answer unless bypassing; fall back to `stale` on error."""
-        started = time.perf_counter()
-        try:
-            fetched = await self._upstream.fetch(
-                self._fill_request(request, facts), self._lifetimes.max_entry_bytes
-            )
-        except UpstreamError as exc:
-            timed_out = isinstance(exc, UpstreamTimeout)
-            self._metrics.upstream(
-                "fill", "timeout" if timed_out else "unreachable", time.perf_counter() - started
-            )
-            if stale is not None:
-                return _serve_stale(stale, None)
-            failure = errors.upstream_timeout() if timed_out else errors.upstream_unreachable()
-            result = CacheResult.BYPASS if bypass else CacheResult.MISS
-            return _error_reply(failure, result)
-        self._metrics.upstream("fill", fetched.status, fetched.elapsed)
-        if stale is not None and (fetched.status >= 500 or fetched.status == 429):
-            await _discard(fetched)
-            return _serve_stale(stale, fetched.status)
-        if bypass is not None:
-            return _relay(
-                fetched,
-                CacheResult.BYPASS,
-                cache_status(fwd="bypass", fwd_status=fetched.status, detail=bypass),
-            )
-        decision = storage_decision(
-            fetched.status, fetched.headers, fetched.body, fetched.complete, self._lifetimes
-        )
-        forwarded_because = "request" if refresh else ("stale" if stale else "miss")
-        if isinstance(decision, DontStore):
-            self._metrics.not_stored(decision.reason)
-            return _relay(
-                fetched,
-                CacheResult.MISS,
-                cache_status(
-                    fwd=forwarded_because, fwd_status=fetched.status, detail=decision.reason
-                ),
-            )
-        stored = await self._save(key, fetched, decision, generation, now)
-        return _relay(
-            fetched,
-            CacheResult.MISS,
-            cache_status(
-                fwd=forwarded_because,
-                fwd_status=fetched.status,
-                stored=stored,
-                detail=None if stored else Reason.STORE_UNAVAILABLE,
-            ),
-        )
-
-    async def _save(
-        self,
-        key: EntryKey,
-        fetched: FetchedResponse,
-        decision: StoreFor,
         generation: int,
-        now: float,
-    ) -> bool:
-        entry = Entry(
-            status=fetched.status,
-            content_type=_content_type(fetched.headers),
-            body=fetched.body,
-            etag=make_etag(fetched.body),
-            stored_at=now,
-            fresh_for=decision.fresh_for,
-            stale_for=decision.stale_for,
-            generation=generation,
-        )
-        try:
-            await self._store.save(key, entry)
-        except StoreError:
-            return False
-        return True
-
-    def _fill_request(self, request: ReadRequest, facts: _Facts) -> UpstreamRequest:
+        *,
+        use_store: bool,
+    ) -> _Fill:
         headers = end_to_end(request.headers, FILL_DROP)
         headers.append(IDENTITY)
         chain = forwarded_for(facts.forwarded, request.client_host)
         if chain is not None:
             headers.append((b"x-forwarded-for", chain))
-        return UpstreamRequest("GET", request.raw_path, request.query_string, headers)
+        upstream_request = UpstreamRequest("GET", request.raw_path, request.query_string, headers)
+        bucket = first_forwarded_address(chain)
+        return _Fill(key, upstream_request, bucket, generation, use_store, now)
+
+    # -- replies --------------------------------------------------------------------------
+
+    def _reply_for_leader(
+        self, filled: _Filled, result: CacheResult, fwd: str, detail: Reason | None = None
+    ) -> Reply:
+        if filled.fetched is None:
+            if filled.entry is None:  # a background refresh found another replica at work
+                raise RuntimeError("a foreground fill always fetches or waits")
+            return replies.collapsed(filled.entry, result, fwd, detail)
+        status_header = cache_status(
+            fwd=fwd,
+            fwd_status=filled.fetched.status,
+            stored=filled.stored,
+            detail=detail or filled.not_stored,
+        )
+        return replies.relayed(filled.fetched, result, status_header)
+
+    @staticmethod
+    def _shared(filled: _Filled) -> Entry | None:
+        """What a joined waiter may be given: the entry, or a complete answer without cookies."""
+        if filled.entry is not None:
+            return filled.entry
+        fetched = filled.fetched
+        if fetched is None or not fetched.complete:
+            return None
+        if any(name == b"set-cookie" for name, _ in fetched.headers):
+            return None
+        return Entry(
+            status=fetched.status,
+            content_type=_content_type(fetched.headers),
+            body=fetched.body,
+            etag=make_etag(fetched.body),
+            stored_at=0.0,
+            fresh_for=0.0,
+            stale_for=0.0,
+        )
+
+    def _failed(
+        self,
+        exc: UpstreamError | RateLimited,
+        stale: tuple[Entry, Judgement] | None,
+        result: CacheResult,
+    ) -> Reply:
+        """Stale-if-error: a stale entry beats an error; else 429 (cooldown), 502 or 504."""
+        if isinstance(exc, RateLimited):
+            if stale is not None:
+                return replies.stale(*stale, Reason.COOLDOWN)
+            return replies.rate_limited(exc.remaining, result)
+        if stale is not None:
+            return replies.stale(*stale, Reason.UPSTREAM_ERROR)
+        timed_out = isinstance(exc, UpstreamTimeout)
+        failure = errors.upstream_timeout() if timed_out else errors.upstream_unreachable()
+        return replies.failure(failure, result, Reason.UPSTREAM_ERROR)
 
 
-def _hit(entry: Entry, judgement: Judgement) -> Reply:
-    negative = entry.status != 200
-    headers = _entry_headers(entry)
-    headers += [
-        (b"x-cache", b"HIT"),
-        (b"age", b"%d" % judgement.age),
-        (
-            b"cache-status",
-            cache_status(hit=True, ttl=judgement.ttl, detail=Reason.NEGATIVE if negative else None),
-        ),
-    ]
-    return Reply(entry.status, headers, entry.body, cache="negative_hit" if negative else "hit")
-
-
-def _serve_stale(stale: _Stale, upstream_status: int | None) -> Reply:
-    headers = _entry_headers(stale.entry)
-    headers += [
-        (b"x-cache", b"STALE"),
-        (b"age", b"%d" % stale.judgement.age),
-        (
-            b"cache-status",
-            cache_status(
-                fwd="stale",
-                fwd_status=upstream_status,
-                ttl=stale.judgement.ttl,
-                detail=Reason.UPSTREAM_ERROR,
-            ),
-        ),
-    ]
-    return Reply(
-        stale.entry.status,
-        headers,
-        stale.entry.body,
-        cache="stale",
-        upstream_status=upstream_status,
-        detail=Reason.UPSTREAM_ERROR,
+def _upstream_failed(filled: _Filled) -> bool:
+    """A 5xx or 429 answer: stale-if-error applies to it as to a connection failure."""
+    return filled.fetched is not None and (
+        filled.fetched.status >= 500 or filled.fetched.status == 429
     )
 
 
-def _entry_headers(entry: Entry) -> list[Header]:
-    headers: list[Header] = [(b"content-type", entry.content_type.encode("latin-1"))]
-    if entry.status == 200:
-        headers.append((b"etag", entry.etag.encode("ascii")))
-    return headers
+async def _stale_instead(filled: _Filled, stale: tuple[Entry, Judgement], *, close: bool) -> Reply:
+    fetched = filled.fetched
+    assert fetched is not None
+    if close and fetched.rest is not None:
+        await fetched.rest.aclose()
+    return replies.stale(*stale, Reason.UPSTREAM_ERROR, fetched.status)
 
 
-def _relay(fetched: FetchedResponse, result: CacheResult, status_header: bytes) -> Reply:
-    """A fresh upstream answer: its end-to-end headers, our validator and cache headers."""
-    headers = [(n, v) for n, v in fetched.headers if n not in RELAY_DROP]
-    if fetched.status == 200 and fetched.complete:
-        headers.append((b"etag", make_etag(fetched.body).encode("ascii")))
-    headers += [(b"x-cache", result.value.encode()), (b"cache-status", status_header)]
-    return Reply(
-        fetched.status,
-        headers,
-        fetched.body,
-        rest=fetched.rest,
-        cache=result.value.lower(),
-        upstream_status=fetched.status,
-    )
+async def _shielded_for_leader(task: asyncio.Task[_Filled]) -> _Filled:
+    """Await our own fill; if our client goes away, the fill still completes and is stored."""
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_close_unread_body)
+        raise
 
 
-def _error_reply(failure: errors.ProxyErrorReply, result: CacheResult) -> Reply:
-    headers = [
-        (b"content-type", errors.JSON_TYPE),
-        (b"x-cache", result.value.encode()),
-        (b"cache-status", cache_status(fwd="miss", detail=Reason.UPSTREAM_ERROR)),
-    ]
-    return Reply(
-        failure.status,
-        headers,
-        failure.body(),
-        cache=result.value.lower(),
-        detail=Reason.UPSTREAM_ERROR,
-    )
-
-
-def _not_modified_if_matching(reply: Reply, if_none_match: bytes) -> Reply:
-    etag = next((v for n, v in reply.headers if n == b"etag"), None)
-    if etag is None or reply.rest is not None:
-        return reply
-    if not if_none_match_hits(if_none_match, etag.decode("ascii")):
-        return reply
-    headers = [(n, v) for n, v in reply.headers if n != b"content-type"]
-    return Reply(304, headers, b"", cache=reply.cache, upstream_status=reply.upstream_status)
+def _close_unread_body(task: asyncio.Task[_Filled]) -> None:
+    """A fill nobody will relay may hold an open streamed body: release its connection."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    fetched = task.result().fetched
+    if fetched is not None and fetched.rest is not None:
+        asyncio.get_running_loop().create_task(fetched.rest.aclose())
 
 
 def _content_type(headers: list[Header]) -> str:
@@ -370,8 +502,3 @@ def _content_type(headers: list[Header]) -> str:
         if name == b"content-type":
             return value.decode("latin-1")
     return ""
-
-
-async def _discard(fetched: FetchedResponse) -> None:
-    if fetched.rest is not None:
-        await fetched.rest.aclose()

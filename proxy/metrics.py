@@ -65,6 +65,29 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self._coalesced = Counter(
+            "lunary_proxy_coalesced_waits",
+            "Requests that waited for another request's fetch instead of making their own, by "
+            "outcome: joined (same process), replica (another replica's entry), timeout and "
+            "refetch (gave up waiting, or nothing reusable came back).",
+            ["outcome"],
+            registry=registry,
+        )
+        self._background = Counter(
+            "lunary_proxy_background_refreshes",
+            "Background refreshes started for stale entries.",
+            registry=registry,
+        )
+        self._cooldowns = Counter(
+            "lunary_proxy_upstream_cooldowns",
+            "Upstream 429 answers that opened a cooldown for their rate bucket.",
+            registry=registry,
+        )
+        self._cooldown_rejections = Counter(
+            "lunary_proxy_cooldown_rejections",
+            "Upstream requests not made because their rate bucket was cooling down.",
+            registry=registry,
+        )
         Info("lunary_proxy_build", "Build information.", registry=registry).info(
             {"version": __version__}
         )
@@ -98,3 +121,15 @@ class Metrics:
 
     def not_stored(self, reason: Reason) -> None:
         self._not_stored.labels(reason.value).inc()
+
+    def coalesced(self, outcome: str) -> None:
+        self._coalesced.labels(outcome).inc()
+
+    def background_refresh(self) -> None:
+        self._background.inc()
+
+    def cooldown_started(self) -> None:
+        self._cooldowns.inc()
+
+    def cooldown_rejection(self) -> None:
+        self._cooldown_rejections.inc()

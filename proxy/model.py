@@ -31,6 +31,8 @@ class Reason(StrEnum):
     CLIENT_NO_CACHE = "client-no-cache"
     STORE_UNAVAILABLE = "store-unavailable"
     UPSTREAM_ERROR = "upstream-error"
+    REVALIDATING = "revalidating"
+    COOLDOWN = "rate-limit-cooldown"
     STATUS = "status"
     SET_COOKIE = "set-cookie"
     UPSTREAM_NO_STORE = "upstream-no-store"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from proxy.headers import Header, end_to_end, forwarded_for
+from proxy.headers import Header, end_to_end, first_forwarded_address, forwarded_for
 from proxy.metrics import Metrics
 from proxy.ports import (
     StreamedResponse,
@@ -14,6 +14,7 @@ from proxy.ports import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from proxy.ratelimit import Cooldowns, RateLimited
 
 # Host is the upstream's; the X-Forwarded-For chain is rebuilt with the client's address; httpx
 # cannot honour `Expect: 100-continue`.
@@ -27,10 +28,13 @@ class RequestTooLarge(Exception):
 class Passthrough:
     """Forwards one request upstream unchanged but for hop-by-hop headers and X-Forwarded-For."""
 
-    def __init__(self, upstream: Upstream, max_request_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self, upstream: Upstream, max_request_bytes: int, metrics: Metrics, cooldowns: Cooldowns
+    ) -> None:
         self._upstream = upstream
         self._max_request_bytes = max_request_bytes
         self._metrics = metrics
+        self._cooldowns = cooldowns
 
     def declared_too_large(self, headers: list[Header]) -> bool:
         """True when Content-Length alone shows the body is over the limit (answer 413 at once)."""
@@ -52,6 +56,12 @@ class Passthrough:
         chain = forwarded_for([v for n, v in headers if n == b"x-forwarded-for"], client_host)
         if chain is not None:
             outgoing.append((b"x-forwarded-for", chain))
+        bucket, now = first_forwarded_address(chain), time.time()
+        try:
+            await self._cooldowns.check(bucket, now)
+        except RateLimited:
+            self._metrics.cooldown_rejection()
+            raise
         started = time.perf_counter()
         try:
             response = await self._upstream.stream(
@@ -63,6 +73,9 @@ class Passthrough:
             )
             raise
         self._metrics.upstream("passthrough", response.status, time.perf_counter() - started)
+        retry_after = next((v for n, v in response.headers if n == b"retry-after"), None)
+        if await self._cooldowns.learn(response.status, retry_after, bucket, now):
+            self._metrics.cooldown_started()
         return response
 
     def limited(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

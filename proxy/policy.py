@@ -142,6 +142,7 @@ def cache_status(
     fwd_status: int | None = None,
     ttl: float | None = None,
     stored: bool = False,
+    collapsed: bool = False,
     detail: Reason | None = None,
 ) -> bytes:
     """An RFC 9211 `Cache-Status` member for this cache; never carries a key or credential."""
@@ -156,6 +157,8 @@ def cache_status(
         parts.append(f"ttl={math.floor(ttl)}")
     if stored:
         parts.append("stored")
+    if collapsed:
+        parts.append("collapsed")
     if detail is not None:
         parts.append(f"detail={detail.value}")
     return "; ".join(parts).encode("ascii")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +29,26 @@ class Store(Protocol):
 
     async def save(self, key: EntryKey, entry: Entry) -> None:
         """Keep `entry` for `entry.kept_for` seconds; `entry.generation` is the one looked up."""
+        ...
+
+    async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
+        """Take the fill lock of `key` for `lease` seconds (True), or flag ourselves as a waiter."""
+        ...
+
+    async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
+        """Store `entry` (if any), release the lock if `token` still holds it, wake waiters."""
+        ...
+
+    def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
+        """While open: a future resolved when a replica announces a fill of `key`, or None."""
+        ...
+
+    async def cooldown_until(self, bucket: str) -> float:
+        """The wall-clock time until which `bucket` must not call the upstream (0 if none)."""
+        ...
+
+    async def start_cooldown(self, bucket: str, until: float, ttl: float) -> None:
+        """Share with every replica: `bucket` cools down until `until` (`ttl` seconds from now)."""
         ...
 
     async def ping(self) -> None:

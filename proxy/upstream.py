@@ -5,6 +5,7 @@ httpx never leaks past this module: its exceptions become UpstreamError subclass
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ class HttpxUpstream:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._base = httpx.URL(base_url)
+        self._timeout = timeout
         self._prefix = urlsplit(base_url).path.rstrip("/").encode("ascii")
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout),
@@ -46,6 +48,14 @@ class HttpxUpstream:
         )
 
     async def fetch(self, request: UpstreamRequest, max_body: int) -> FetchedResponse:
+        """Bounded as a whole by the upstream timeout: a trickling body cannot hold a fill open."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._fetch(request, max_body)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("total timeout") from exc
+
+    async def _fetch(self, request: UpstreamRequest, max_body: int) -> FetchedResponse:
         started = time.perf_counter()
         response = await self._send(request)
         chunks = _mapped(response.aiter_raw())
@@ -93,9 +103,11 @@ class HttpxUpstream:
             target += b"?" + request.query_string
         outgoing = self._client.build_request(
             request.method,
-            self._base.copy_with(raw_path=target),
+            self._base,
             headers=list(request.headers),
             content=request.body,
+            # httpcore sends this request-target verbatim: httpx would re-quote some characters
+            extensions={"target": target},
         )
         try:
             return await self._client.send(outgoing, stream=True)
@@ -105,8 +117,14 @@ class HttpxUpstream:
             raise UpstreamUnreachable(type(exc).__name__) from exc
 
 
+# uvicorn writes its own Date; relaying the upstream's would send two
+RESPONSE_DROP = frozenset({b"date"})
+
+
 def _response_headers(response: httpx.Response) -> list[Header]:
-    return end_to_end((name.lower(), value) for name, value in response.headers.raw)
+    return end_to_end(
+        ((name.lower(), value) for name, value in response.headers.raw), RESPONSE_DROP
+    )
 
 
 async def _mapped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -10,12 +10,13 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -55,6 +56,8 @@ class FakeLunary:
     fail_status: int | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     body_override: bytes | None = None  # sent instead of a 200 run body (to fake broken JSON)
+    close_connections: bool = False  # drop the connection without answering
+    trickle_delay: float = 0.0  # send run bodies in 10 pieces, this many seconds apart
     rate_limit: int = 10_000
     retry_after: str = "30"
     _window: Counter[str] = field(default_factory=Counter)
@@ -122,9 +125,13 @@ class FakeLunary:
                 body,
             )
         )
+        if self.close_connections:
+            raise ConnectionAbortedError("fake upstream drops the connection")
         if self.latency:
             await asyncio.sleep(self.latency)
         response = self._answer(request, body)
+        if self.trickle_delay and response.status_code == 200:
+            response = self._trickled(response)
         for name, value in self.extra_headers.items():
             response.headers[name] = value
         await response(scope, receive, send)
@@ -214,6 +221,17 @@ class FakeLunary:
             ]
             return _json(family)
         return _json({"message": "Not Found"}, 404)
+
+    def _trickled(self, response: Response) -> Response:
+        body, delay = bytes(response.body), self.trickle_delay
+
+        async def pieces() -> AsyncIterator[bytes]:
+            step = max(1, len(body) // 10)
+            for start in range(0, len(body), step):
+                await asyncio.sleep(delay)
+                yield body[start : start + step]
+
+        return StreamingResponse(pieces(), response.status_code, media_type=JSON_TYPE)
 
     def _other(self, request: Request, body: bytes) -> Response:
         if request.url.path == "/echo":

@@ -7,9 +7,11 @@ again, so caching resumes by itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import TypeVar
 
 from proxy.metrics import Metrics
@@ -46,6 +48,21 @@ class GuardedStore:
 
     async def save(self, key: EntryKey, entry: Entry) -> None:
         await self._call("save", lambda: self._inner.save(key, entry))
+
+    async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
+        return await self._call("begin_fill", lambda: self._inner.begin_fill(key, token, lease))
+
+    async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
+        await self._call("end_fill", lambda: self._inner.end_fill(key, token, entry))
+
+    def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
+        return self._inner.watch_fill(key)
+
+    async def cooldown_until(self, bucket: str) -> float:
+        return await self._call("cooldown_read", lambda: self._inner.cooldown_until(bucket))
+
+    async def start_cooldown(self, bucket: str, until: float, ttl: float) -> None:
+        await self._call("cooldown_write", lambda: self._inner.start_cooldown(bucket, until, ttl))
 
     async def ping(self) -> None:
         """Always asks the store itself (readiness must tell the truth) and closes on success."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from proxy.model import Entry, EntryKey, Lookup
 
@@ -41,6 +44,22 @@ class MemoryStore:
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
+
+    async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
+        return True  # one process: in-process single-flight already made us the only filler
+
+    async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
+        if entry is not None:
+            await self.save(key, entry)
+
+    def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
+        return contextlib.nullcontext(None)
+
+    async def cooldown_until(self, bucket: str) -> float:
+        return 0.0  # cooldowns live in the process (proxy.ratelimit) when nothing is shared
+
+    async def start_cooldown(self, bucket: str, until: float, ttl: float) -> None:
+        return None
 
     async def ping(self) -> None:
         return None

@@ -3,6 +3,9 @@
 Layout, all keys of a run in one Cluster hash slot:
   lcp:1:{<run-id>}:gen                      the run's generation (absent = 0)
   lcp:1:{<run-id>}:<route>:<scope>[:q...]   an entry, carrying the generation it was read under
+  lcp:1:{<run-id>}:lock:<route>:<scope>...  the fill lock: a random token, with a short lease
+  lcp:1:{<run-id>}:wait:<route>:<scope>...  set by a waiter, so the leader knows to announce
+  lcp:1:cooldown:{<bucket digest>}          until when a rate bucket must not call the upstream
 An entry whose generation is behind the run's counter is ignored, so dropping every entry of a run
 is one INCR however many scopes hold it.
 """
@@ -10,19 +13,41 @@ is one INCR however many scopes hold it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from proxy.model import Entry, EntryKey, Lookup
 from proxy.ports import StoreError
 from proxy.store import codec
+from proxy.store.notify import FillNotices
 
+# what a failing or unreachable Redis (or Cluster) raises; all of it becomes StoreError
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 KEY_PREFIX = "lcp:1:"
+FILLED_CHANNEL = KEY_PREFIX + "filled"
+
+# KEYS: lock, wait flag. ARGV: token, lease ms. Lead (1), or flag a waiter and follow (0).
+BEGIN_FILL = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+return 0
+"""
+# KEYS: entry, lock, wait flag. ARGV: encoded entry or '', ttl ms, token, channel.
+# Compare-and-delete: a slow leader whose lease ran out never releases a newer leader's lock.
+END_FILL = """
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+if redis.call('DEL', KEYS[3]) == 1 then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
+return 1
+"""
 
 
 def run_prefix(run_id: str) -> str:
@@ -37,11 +62,27 @@ def generation_redis_key(run_id: str) -> str:
     return run_prefix(run_id) + "gen"
 
 
-def connect(url: str, *, cluster: bool, timeout: float) -> Redis | RedisCluster:
-    """A client that never retries by itself: a failing store must cost one timeout, not several."""
+def lock_redis_key(key: EntryKey) -> str:
+    return run_prefix(key.run_id) + "lock:" + key.name
+
+
+def wait_redis_key(key: EntryKey) -> str:
+    return run_prefix(key.run_id) + "wait:" + key.name
+
+
+def cooldown_redis_key(bucket: str) -> str:
+    digest = hashlib.blake2b(bucket.encode(), digest_size=12).hexdigest()
+    return f"{KEY_PREFIX}cooldown:{{{digest}}}"
+
+
+def connect(url: str, *, cluster: bool, timeout: float | None) -> Redis | RedisCluster:
+    """A client that never retries by itself: a failing store must cost one timeout, not several.
+
+    `timeout=None` is for the pub/sub listener, which waits on its socket for as long as it likes.
+    """
     options: dict[str, Any] = {
         "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
+        "socket_connect_timeout": timeout or 5.0,
         "retry": Retry(NoBackoff(), 0),
     }
     if cluster:
@@ -57,10 +98,14 @@ class RedisStore:
         client: Redis | RedisCluster,
         timeout: float,
         on_corrupt: Callable[[], None] = lambda: None,
+        notices: FillNotices | None = None,
     ) -> None:
         self._client = client
         self._timeout = timeout
         self._on_corrupt = on_corrupt
+        self._notices = notices
+        self._begin_fill = client.register_script(BEGIN_FILL)
+        self._end_fill = client.register_script(END_FILL)
 
     async def lookup(self, key: EntryKey) -> Lookup:
         redis_key = entry_redis_key(key)
@@ -69,7 +114,7 @@ class RedisStore:
                 generation_raw, data = await self._client.mget(
                     generation_redis_key(key.run_id), redis_key
                 )
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             raise StoreError(f"lookup failed: {type(exc).__name__}") from exc
         generation = _as_generation(generation_raw)
         if not isinstance(data, bytes):
@@ -84,24 +129,71 @@ class RedisStore:
         return Lookup(entry, generation)
 
     async def save(self, key: EntryKey, entry: Entry) -> None:
-        ttl_ms = int(entry.kept_for * 1000)
+        ttl_ms = _ms(entry.kept_for)
         if ttl_ms <= 0:
             return
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(entry_redis_key(key), codec.encode(entry), px=ttl_ms)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             raise StoreError(f"save failed: {type(exc).__name__}") from exc
+
+    async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
+        keys = [lock_redis_key(key), wait_redis_key(key)]
+        try:
+            async with asyncio.timeout(self._timeout):
+                leading = await self._begin_fill(keys=keys, args=[token, _ms(lease)])
+        except REDIS_FAILURES as exc:
+            raise StoreError(f"begin_fill failed: {type(exc).__name__}") from exc
+        return bool(leading)
+
+    async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
+        keys = [entry_redis_key(key), lock_redis_key(key), wait_redis_key(key)]
+        value, ttl_ms = b"", 0
+        if entry is not None and _ms(entry.kept_for) > 0:
+            value, ttl_ms = codec.encode(entry), _ms(entry.kept_for)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._end_fill(keys=keys, args=[value, ttl_ms, token, FILLED_CHANNEL])
+        except REDIS_FAILURES as exc:
+            raise StoreError(f"end_fill failed: {type(exc).__name__}") from exc
+
+    def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
+        if self._notices is None:
+            return contextlib.nullcontext(None)
+        return self._notices.watch(entry_redis_key(key))
+
+    async def cooldown_until(self, bucket: str) -> float:
+        try:
+            async with asyncio.timeout(self._timeout):
+                raw = await self._client.get(cooldown_redis_key(bucket))
+        except REDIS_FAILURES as exc:
+            raise StoreError(f"cooldown read failed: {type(exc).__name__}") from exc
+        try:
+            return float(raw) if isinstance(raw, bytes) else 0.0
+        except ValueError:
+            return 0.0
+
+    async def start_cooldown(self, bucket: str, until: float, ttl: float) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._client.set(cooldown_redis_key(bucket), repr(until), px=max(1, _ms(ttl)))
+        except REDIS_FAILURES as exc:
+            raise StoreError(f"cooldown write failed: {type(exc).__name__}") from exc
 
     async def ping(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             raise StoreError(f"ping failed: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
 
 
 def _as_generation(raw: object) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 
-import httpx
 import orjson
 import pytest
 
@@ -203,4 +202,30 @@ def test_own_endpoints_are_never_forwarded(proxy: RunningProxy, fake: FakeLunary
     assert "lunary_proxy_requests_total" in metrics.text
     assert post.status_code == 405
     assert fake.requests == []
-    assert isinstance(proxy.client, httpx.Client)
+
+
+def test_admin_and_openapi_paths_are_never_forwarded(proxy: RunningProxy, fake: FakeLunary) -> None:
+    run = fake.add_run()
+
+    admin = proxy.client.delete(
+        f"/admin/cache/runs/{run}", headers={"Authorization": "Bearer admin-token"}
+    )
+    spec = proxy.get("/openapi.json")
+
+    assert admin.status_code == 404
+    assert spec.status_code == 404
+    assert fake.requests == []
+
+
+def test_brace_spelled_run_path_reaches_the_upstream_verbatim(
+    proxy: RunningProxy, fake: FakeLunary
+) -> None:
+    key, run = fake.add_key(), fake.add_run()
+    target = b"/v1/runs/{" + run.encode() + b"}"
+
+    status, _ = raw_request(
+        proxy, b"GET " + target + b" HTTP/1.1", b"X-API-Key: %s\r\n" % key.encode()
+    )
+
+    assert status == 200
+    assert fake.requests[0].raw_path == target

@@ -220,6 +220,32 @@ def test_if_none_match_on_a_miss_gives_304(proxy: RunningProxy, fake: FakeLunary
     assert refreshed.headers["x-cache"] == "MISS"
 
 
+def test_304_has_no_content_length_and_repeated_if_none_match_counts(
+    proxy: RunningProxy, fake: FakeLunary
+) -> None:
+    key, run = fake.add_key(), fake.add_run()
+    etag = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key}).headers["etag"]
+
+    repeated = proxy.get(
+        f"/v1/runs/{run}",
+        headers=[("X-API-Key", key), ("If-None-Match", '"zz"'), ("If-None-Match", etag)],
+    )
+
+    assert repeated.status_code == 304
+    assert "content-length" not in repeated.headers
+
+
+def test_every_answer_has_exactly_one_date_header(proxy: RunningProxy, fake: FakeLunary) -> None:
+    key, run = fake.add_key(), fake.add_run()
+
+    miss = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+    hit = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+    passed = proxy.get("/v1/template_versions/latest")
+
+    for response in (miss, hit, passed):
+        assert len(response.headers.get_list("date")) == 1
+
+
 def test_client_no_cache_refreshes_and_stores(proxy: RunningProxy, fake: FakeLunary) -> None:
     key, run = fake.add_key(), fake.add_run()
     proxy.get(f"/v1/runs/{run}", headers=bearer(key))
@@ -281,23 +307,31 @@ def test_unstorable_answers_are_passed_on_but_not_stored(
     assert fake.count(run) == 2
 
 
-def test_auth_failures_and_rate_limits_are_not_stored(
-    proxy: RunningProxy, fake: FakeLunary
-) -> None:
+def test_auth_failures_are_not_stored(proxy: RunningProxy, fake: FakeLunary) -> None:
     public = fake.add_key(private=False)
+    run = fake.add_run()
+
+    unauthorized = [proxy.get(f"/v1/runs/{run}", headers=bearer(public)) for _ in range(2)]
+    garbage = [proxy.get(f"/v1/runs/{run}", headers=bearer("not-a-key")) for _ in range(2)]
+
+    assert [r.status_code for r in unauthorized + garbage] == [401, 401, 401, 401]
+    assert unauthorized[1].json() == {"message": "This route requires a private API key"}
+    assert garbage[1].json() == {"message": "Invalid access token"}
+    assert all(r.headers["x-cache"] == "MISS" for r in unauthorized + garbage)
+    assert fake.count(run) == 4
+
+
+def test_upstream_429_is_relayed_and_not_stored(proxy: RunningProxy, fake: FakeLunary) -> None:
     run = fake.add_run()
     fake.rate_limit = 0
 
-    unauthorized = [proxy.get(f"/v1/runs/{run}", headers=bearer(public)) for _ in range(2)]
-    limited = [proxy.get(f"/v1/runs/{run}", headers=bearer(fake.add_key())) for _ in range(2)]
+    limited = proxy.get(f"/v1/runs/{run}", headers=bearer(fake.add_key()))
 
-    assert [r.status_code for r in unauthorized] == [401, 401]
-    assert unauthorized[1].json() == {"message": "This route requires a private API key"}
-    assert [r.status_code for r in limited] == [429, 429]
-    assert limited[1].text == "Sometimes You Just Have to Slow Down."
-    assert limited[1].headers["retry-after"] == "30"
-    assert all(r.headers["x-cache"] == "MISS" for r in unauthorized + limited)
-    assert fake.count(run) == 4
+    assert limited.status_code == 429
+    assert limited.text == "Sometimes You Just Have to Slow Down."
+    assert limited.headers["retry-after"] == "30"
+    assert limited.headers["x-cache"] == "MISS"
+    assert "detail=status" in limited.headers["cache-status"]
 
 
 def test_upstream_max_age_bounds_fresh_time(make_proxy: ProxyFactory, fake: FakeLunary) -> None:
@@ -340,7 +374,7 @@ def test_invalid_json_is_passed_on_but_not_stored(
     assert fake.count(run) == 2
 
 
-def test_stale_entry_is_served_when_the_upstream_fails(
+def test_stale_entry_survives_a_failing_background_refresh(
     make_proxy: ProxyFactory, fake: FakeLunary
 ) -> None:
     proxy = make_proxy(cache_ttl=0.2, stale_ttl=30)
@@ -350,26 +384,89 @@ def test_stale_entry_is_served_when_the_upstream_fails(
     fake.fail_status = 503
 
     stale = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+    time.sleep(0.2)  # the background refresh gets its 503
+    still_stale = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
 
-    assert stale.status_code == 200
-    assert stale.headers["x-cache"] == "STALE"
+    assert stale.status_code == still_stale.status_code == 200
+    assert stale.headers["x-cache"] == still_stale.headers["x-cache"] == "STALE"
     assert "fwd=stale" in stale.headers["cache-status"]
-    assert "fwd-status=503" in stale.headers["cache-status"]
-    assert stale.content == fresh.content
+    assert "detail=revalidating" in stale.headers["cache-status"]
+    assert stale.content == still_stale.content == fresh.content
     assert int(stale.headers["age"]) >= 0
+    assert fake.count(run) >= 2
 
 
-def test_expired_entry_is_refetched_when_the_upstream_answers(
+@pytest.mark.parametrize("failure", ["connect", "timeout", "500"])
+def test_client_no_cache_gets_stale_when_upstream_fails_and_entry_survives(
+    make_proxy: ProxyFactory, fake: FakeLunary, failure: str
+) -> None:
+    proxy = make_proxy(cache_ttl=60, stale_ttl=30, upstream_timeout=0.5)
+    key, run = fake.add_key(), fake.add_run()
+    good = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+    if failure == "timeout":
+        fake.latency = 1.5
+    elif failure == "500":
+        fake.fail_status = 500
+    else:
+        fake.close_connections = True
+
+    refreshed = proxy.get(f"/v1/runs/{run}", headers={**bearer(key), "Cache-Control": "no-cache"})
+    fake.latency, fake.fail_status, fake.close_connections = 0.0, None, False
+    after = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+
+    assert refreshed.status_code == 200
+    assert refreshed.headers["x-cache"] == "STALE"
+    assert "detail=upstream-error" in refreshed.headers["cache-status"]
+    assert refreshed.content == good.content
+    # a failed refresh never overwrites a good entry
+    assert after.headers["x-cache"] == "HIT"
+    assert after.content == good.content
+
+
+def test_a_trickling_upstream_is_bounded_by_the_upstream_timeout(
     make_proxy: ProxyFactory, fake: FakeLunary
 ) -> None:
-    proxy = make_proxy(cache_ttl=0.2, stale_ttl=30)
+    proxy = make_proxy(upstream_timeout=0.5)
+    key, run = fake.add_key(), fake.add_run()
+    fake.trickle_delay = 0.2  # each of the 10 pieces arrives well within a read timeout
+
+    started = time.monotonic()
+    answer = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+
+    assert answer.status_code == 504
+    assert time.monotonic() - started < 1.5
+
+
+def test_stale_entry_is_answered_at_once_and_refreshed_in_the_background(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy(cache_ttl=0.3, stale_ttl=30)
     key, run = fake.add_key(), fake.add_run()
     proxy.get(f"/v1/runs/{run}", headers=bearer(key))
-    time.sleep(0.3)
+    time.sleep(0.4)
+    fake.runs[run]["name"] = "renamed"
+
+    stale = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+    time.sleep(0.2)
+    refreshed = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+
+    assert stale.headers["x-cache"] == "STALE"
+    assert stale.json()["name"] == "gpt-4o"
+    assert refreshed.headers["x-cache"] == "HIT"
+    assert refreshed.json()["name"] == "renamed"
+    assert fake.count(run) == 2
+
+
+def test_expired_entry_past_the_stale_window_is_refetched(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy(cache_ttl=0.2, stale_ttl=0.1)
+    key, run = fake.add_key(), fake.add_run()
+    proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+    time.sleep(0.4)
     fake.runs[run]["name"] = "renamed"
 
     refreshed = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
 
     assert refreshed.headers["x-cache"] == "MISS"
-    assert "fwd=stale" in refreshed.headers["cache-status"]
     assert refreshed.json()["name"] == "renamed"

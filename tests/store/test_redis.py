@@ -91,3 +91,12 @@ async def test_unreachable_redis_raises_store_error_quickly() -> None:
 
     assert time.monotonic() - started < 2
     await store.close()
+
+
+async def test_unreachable_cluster_raises_store_error() -> None:
+    store = RedisStore(connect(f"redis://127.0.0.1:{free_port()}", cluster=True, timeout=0.2), 0.2)
+
+    with pytest.raises(StoreError):
+        await store.lookup(KEY)
+    with pytest.raises(StoreError):
+        await store.ping()

@@ -1,0 +1,69 @@
+"""Upstream 429 cooldowns per rate bucket, kept in the process and shared through the store.
+
+Lunary counts requests per first X-Forwarded-For address, so that address is the bucket. Once the
+upstream says 429, no replica sends another request in that bucket until Retry-After has passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from proxy.headers import retry_after_seconds
+from proxy.ports import Store, StoreError
+
+MAX_LOCAL_BUCKETS = 10_000
+
+
+class RateLimited(Exception):
+    """The rate bucket is cooling down after an upstream 429; `remaining` seconds are left."""
+
+    def __init__(self, remaining: float) -> None:
+        super().__init__(f"cooling down for {remaining:.1f} s")
+        self.remaining = remaining
+
+
+class Cooldowns:
+    """Until when each bucket must stay away from the upstream (wall-clock seconds)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._local: dict[str, float] = {}
+
+    async def remaining(self, bucket: str, now: float) -> float:
+        """Seconds left in `bucket`'s cooldown; 0 when it may call the upstream."""
+        until = self._local.get(bucket, 0.0)
+        if until <= now:
+            try:
+                until = await self._store.cooldown_until(bucket)
+            except StoreError:
+                until = 0.0  # the store is down: what this process learned itself still holds
+            if until > now:
+                self._remember(bucket, until, now)
+        return max(0.0, until - now)
+
+    async def start(self, bucket: str, seconds: float, now: float) -> None:
+        until = now + seconds
+        if until <= self._local.get(bucket, 0.0):
+            return
+        self._remember(bucket, until, now)
+        # if the store is down, the other replicas learn it from their own 429
+        with contextlib.suppress(StoreError):
+            await self._store.start_cooldown(bucket, until, seconds)
+
+    async def check(self, bucket: str, now: float) -> None:
+        """Raise RateLimited while `bucket` cools down."""
+        remaining = await self.remaining(bucket, now)
+        if remaining > 0:
+            raise RateLimited(remaining)
+
+    async def learn(self, status: int, retry_after: bytes | None, bucket: str, now: float) -> bool:
+        """Open a cooldown when the upstream answered 429; True if it did."""
+        if status != 429:
+            return False
+        await self.start(bucket, retry_after_seconds(retry_after, now), now)
+        return True
+
+    def _remember(self, bucket: str, until: float, now: float) -> None:
+        if len(self._local) >= MAX_LOCAL_BUCKETS:
+            self._local = {b: u for b, u in self._local.items() if u > now}
+        self._local[bucket] = until
