@@ -287,21 +287,23 @@ class CachedReads:
         token: str | None = None
         if fill.use_store:
             with self._store.watch_fill(fill.key) as landed:
-                token = secrets.token_hex(8)
+                token = mine = secrets.token_hex(8)
                 try:
                     leading = await self._store.begin_fill(
-                        fill.key, token, self._coordination.lock_lease
+                        fill.key, mine, self._coordination.lock_lease
                     )
                 except StoreError:
                     leading, token = True, None  # cannot coordinate: in-process single-flight holds
                 if not leading:
                     if not wait:
                         return _Filled(None, None)
-                    entry = await self._entry_from_other_replica(fill.key, landed)
-                    if entry is not None:
+                    followed = await self._follow(fill.key, mine, landed)
+                    if isinstance(followed, Entry):
                         self._metrics.coalesced("replica")
-                        return _Filled(None, entry)
-                    token = None  # the lock is another replica's: fetch on our own
+                        return _Filled(None, followed)
+                    if not followed:
+                        self._metrics.coalesced("timeout")
+                        token = None  # the lock is still another replica's: fetch on our own
         try:
             fetched = await self._fetch(fill)
         except BaseException:
@@ -359,28 +361,38 @@ class CachedReads:
         with contextlib.suppress(StoreError):
             await self._store.end_fill(key, token, None)
 
-    async def _entry_from_other_replica(
-        self, key: EntryKey, landed: asyncio.Future[None] | None
-    ) -> Entry | None:
-        """Wait (bounded) for the replica holding the lock to store a fresh entry."""
+    async def _follow(
+        self, key: EntryKey, token: str, landed: asyncio.Future[None] | None
+    ) -> Entry | bool:
+        """Wait, bounded, for the replica holding the fill lock.
+
+        Returns its fresh entry; or True once the lock came free and is ours (the leader stored
+        nothing, died, or Redis lost the lock); or False when we should fetch without the lock.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._coordination.coalesce_timeout
-        while True:
-            try:
+        first = True
+        try:
+            while True:
+                # the lock is released in the same step that stores the entry, so look first
                 found = await self._store.lookup(key)
-            except StoreError:
-                return None
-            if found.entry is not None and judge(found.entry, self._clock()).ttl > 0:
-                return found.entry
-            remaining = deadline - loop.time()
-            if remaining <= 0 or (landed is not None and landed.done()):
-                return None  # waited long enough, or the leader finished without storing
-            pause = min(remaining, RECHECK_INTERVAL)
-            if landed is None:
-                await asyncio.sleep(pause)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(landed), pause)
+                if found.entry is not None and judge(found.entry, self._clock()).ttl > 0:
+                    return found.entry
+                lease = self._coordination.lock_lease
+                if not first and await self._store.begin_fill(key, token, lease):
+                    return True
+                first = False
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
+                pause = min(remaining, RECHECK_INTERVAL)
+                if landed is None or landed.done():
+                    await asyncio.sleep(pause)  # a notice comes once: after it, recheck slowly
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(landed), pause)
+        except StoreError:
+            return False
 
     def _refresh_in_background(self, fill: _Fill) -> None:
         """One refresh per key: skipped when this process or another replica already runs one."""

@@ -56,9 +56,11 @@ class FakeLunary:
     fail_status: int | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     body_override: bytes | None = None  # sent instead of a 200 run body (to fake broken JSON)
-    close_connections: bool = False  # drop the connection without answering
     trickle_delay: float = 0.0  # send run bodies in 10 pieces, this many seconds apart
     rate_limit: int = 10_000
+    limited_buckets: set[str] = field(default_factory=set)  # always 429, whatever the count
+    in_flight: int = 0
+    max_in_flight: int = 0
     retry_after: str = "30"
     _window: Counter[str] = field(default_factory=Counter)
 
@@ -125,10 +127,13 @@ class FakeLunary:
                 body,
             )
         )
-        if self.close_connections:
-            raise ConnectionAbortedError("fake upstream drops the connection")
-        if self.latency:
-            await asyncio.sleep(self.latency)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.latency:
+                await asyncio.sleep(self.latency)
+        finally:
+            self.in_flight -= 1
         response = self._answer(request, body)
         if self.trickle_delay and response.status_code == 200:
             response = self._trickled(response)
@@ -180,7 +185,7 @@ class FakeLunary:
         forwarded = request.headers.get("x-forwarded-for", "")
         client = forwarded.split(",")[0].strip() or (request.client.host if request.client else "")
         self._window[client] += 1
-        if self._window[client] <= self.rate_limit:
+        if self._window[client] <= self.rate_limit and client not in self.limited_buckets:
             return None
         return Response(
             "Sometimes You Just Have to Slow Down.",

@@ -60,8 +60,9 @@ class ServerThread:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self.server.should_exit = True
+            self._thread.join(timeout=10)
         self._sock.close()
 
 
@@ -71,6 +72,41 @@ def redis_binary() -> str:
     if path is None:
         raise RuntimeError("redis-server is not installed: run `apt-get install -y redis-server`")
     return path
+
+
+class DroppingServer:
+    """A TCP server on loopback that reads each request and closes without answering."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.requests = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    if conn.recv(65536):
+                        self.requests += 1
+
+    def __enter__(self) -> DroppingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
 
 
 class RedisServer:
@@ -133,3 +169,54 @@ class RedisServer:
             yield
         finally:
             self.start()
+
+
+class ProxyProcess:
+    """`python -m proxy` in its own process on a free loopback port, stopped by its PID."""
+
+    def __init__(self, **settings: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
+        env.update({"PROXY_HOST": "127.0.0.1", "PROXY_PORT": str(self.port), **settings})
+        self._env = env
+        self._dir = tempfile.mkdtemp(prefix="lcp-proxy-")
+        self._log = open(os.path.join(self._dir, "proxy.log"), "wb")  # noqa: SIM115
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ProxyProcess:
+        import sys
+
+        import httpx
+
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "proxy"],
+            env=self._env,
+            cwd=self._dir,
+            stdout=self._log,
+            stderr=self._log,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"proxy did not start:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        self._log.flush()
+        with open(os.path.join(self._dir, "proxy.log"), encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None and self._process.poll() is None:
+            os.kill(self._process.pid, signal.SIGTERM)
+            try:
+                self._process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self._process.pid, signal.SIGKILL)
+                self._process.wait(timeout=5)
+        self._log.close()
+        shutil.rmtree(self._dir, ignore_errors=True)

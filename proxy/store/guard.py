@@ -53,7 +53,9 @@ class GuardedStore:
         return await self._call("begin_fill", lambda: self._inner.begin_fill(key, token, lease))
 
     async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
-        await self._call("end_fill", lambda: self._inner.end_fill(key, token, entry))
+        # always attempted, even with the breaker open: a lock left behind would make other
+        # replicas wait out their coalesce timeout
+        await self._measure("end_fill", self._inner.end_fill(key, token, entry))
 
     def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
         return self._inner.watch_fill(key)

@@ -22,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from proxy.model import Entry, EntryKey, Lookup
@@ -76,14 +77,16 @@ def cooldown_redis_key(bucket: str) -> str:
 
 
 def connect(url: str, *, cluster: bool, timeout: float | None) -> Redis | RedisCluster:
-    """A client that never retries by itself: a failing store must cost one timeout, not several.
+    """A client whose calls the caller bounds with one timeout.
 
+    It retries once, at once, and only on a connection error: after Redis restarts, every pooled
+    connection is dead and would otherwise fail one request each. A timeout is never retried.
     `timeout=None` is for the pub/sub listener, which waits on its socket for as long as it likes.
     """
     options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout or 5.0,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     }
     if cluster:
         return RedisCluster.from_url(url, **options)

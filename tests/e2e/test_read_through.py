@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
+from tests.servers import ServerThread
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -398,7 +399,7 @@ def test_stale_entry_survives_a_failing_background_refresh(
 
 @pytest.mark.parametrize("failure", ["connect", "timeout", "500"])
 def test_client_no_cache_gets_stale_when_upstream_fails_and_entry_survives(
-    make_proxy: ProxyFactory, fake: FakeLunary, failure: str
+    make_proxy: ProxyFactory, fake: FakeLunary, upstream: ServerThread, failure: str
 ) -> None:
     proxy = make_proxy(cache_ttl=60, stale_ttl=30, upstream_timeout=0.5)
     key, run = fake.add_key(), fake.add_run()
@@ -408,10 +409,10 @@ def test_client_no_cache_gets_stale_when_upstream_fails_and_entry_survives(
     elif failure == "500":
         fake.fail_status = 500
     else:
-        fake.close_connections = True
+        upstream.__exit__()  # nothing listens any more: connection refused
 
     refreshed = proxy.get(f"/v1/runs/{run}", headers={**bearer(key), "Cache-Control": "no-cache"})
-    fake.latency, fake.fail_status, fake.close_connections = 0.0, None, False
+    fake.latency, fake.fail_status = 0.0, None
     after = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
 
     assert refreshed.status_code == 200

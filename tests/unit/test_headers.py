@@ -10,6 +10,7 @@ from proxy.headers import (
     first_forwarded_address,
     forwarded_for,
     if_none_match_hits,
+    retry_after_seconds,
 )
 from proxy.model import ClientDirectives
 
@@ -71,3 +72,20 @@ def test_forwarded_for_appends_the_socket_address_once() -> None:
     assert forwarded_for([], None) is None
     assert first_forwarded_address(b" 1.1.1.1 , 2.2.2.2") == "1.1.1.1"
     assert first_forwarded_address(None) == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (None, 1.0),
+        (b"30", 30.0),
+        (b"0", 1.0),  # at least the default: a 429 always cools down a little
+        (b"999999", 3600.0),  # at most an hour
+        (b"Sun, 22 Nov 2026 10:00:20 GMT", 20.0),
+        (b"Sun, 22 Nov 2026 09:00:00 GMT", 1.0),  # in the past
+        (b"soon", 1.0),
+    ],
+)
+def test_retry_after(value: bytes | None, seconds: float) -> None:
+    now = 1_795_341_600.0  # Sun, 22 Nov 2026 10:00:00 GMT
+    assert retry_after_seconds(value, now) == pytest.approx(seconds)

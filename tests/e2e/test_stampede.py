@@ -1,0 +1,173 @@
+"""Stampedes across real processes: one upstream request per key and scope, however many ask."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import ProxyFactory
+from tests.fake_lunary import FakeLunary
+from tests.servers import ProxyProcess, ServerThread
+
+SECRET = "shared-scope-secret"
+
+
+@pytest.fixture
+def replicas(upstream: ServerThread, redis_url: str) -> Iterator[list[ProxyProcess]]:
+    """Three proxy processes sharing one redis-server, in front of the fake upstream."""
+    settings = {
+        "PROXY_UPSTREAM_URL": upstream.url,
+        "PROXY_REDIS_URL": redis_url,
+        "PROXY_SCOPE_SECRET": SECRET,
+        "PROXY_UPSTREAM_TIMEOUT": "5",
+        "PROXY_LOG_LEVEL": "warning",
+    }
+    procs = [ProxyProcess(**settings) for _ in range(3)]
+    for proc in procs:
+        proc.__enter__()
+    yield procs
+    for proc in procs:
+        proc.__exit__(None, None, None)
+
+
+async def burst(
+    urls: list[str], path: str, headers: dict[str, str], count: int
+) -> list[httpx.Response]:
+    """`count` concurrent GETs of `path`, spread round-robin over `urls`."""
+    async with httpx.AsyncClient(timeout=20, limits=httpx.Limits(max_connections=count)) as client:
+        return await asyncio.gather(
+            *(client.get(urls[i % len(urls)] + path, headers=headers) for i in range(count))
+        )
+
+
+async def test_concurrent_misses_in_one_process_cost_one_upstream_request(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy()
+    key, run = fake.add_key(), fake.add_run()
+    fake.latency = 0.3
+
+    answers = await burst([proxy.url], f"/v1/runs/{run}", {"X-API-Key": key}, 50)
+
+    assert fake.count(run) == 1
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.content for a in answers}) == 1
+    statuses = [a.headers["cache-status"] for a in answers]
+    assert sum("collapsed" in s for s in statuses) == 49
+    assert all(a.headers["x-cache"] == "MISS" for a in answers)
+
+
+async def test_concurrent_misses_across_replicas_cost_one_upstream_request(
+    replicas: list[ProxyProcess], fake: FakeLunary
+) -> None:
+    key, run = fake.add_key(), fake.add_run()
+    fake.latency = 0.3
+
+    answers = await burst([p.url for p in replicas], f"/v1/runs/{run}", {"X-API-Key": key}, 60)
+
+    assert fake.count(run) == 1
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.content for a in answers}) == 1
+
+
+async def test_coalescing_is_per_scope(replicas: list[ProxyProcess], fake: FakeLunary) -> None:
+    owner, stranger = fake.add_key("org-a"), fake.add_key("org-b")
+    run = fake.add_run("org-a", marker="only-for-org-a")
+    fake.latency = 0.3
+    urls = [p.url for p in replicas]
+
+    mine, theirs = await asyncio.gather(
+        burst(urls, f"/v1/runs/{run}", {"X-API-Key": owner}, 30),
+        burst(urls, f"/v1/runs/{run}", {"X-API-Key": stranger}, 30),
+    )
+
+    assert fake.count(run) == 2
+    assert {a.status_code for a in mine} == {200}
+    assert {a.status_code for a in theirs} == {404}
+    assert all(b"only-for-org-a" not in a.content for a in theirs)
+
+
+async def test_waiters_fall_back_after_the_coalesce_timeout_and_the_leader_still_stores(
+    upstream: ServerThread, redis_url: str, fake: FakeLunary
+) -> None:
+    key, run = fake.add_key(), fake.add_run()
+    fake.latency = 1.0
+    settings = {
+        "PROXY_UPSTREAM_URL": upstream.url,
+        "PROXY_REDIS_URL": redis_url,
+        "PROXY_SCOPE_SECRET": SECRET,
+        "PROXY_COALESCE_TIMEOUT": "0.2",
+    }
+    with ProxyProcess(**settings) as first, ProxyProcess(**settings) as second:
+        async with httpx.AsyncClient(timeout=10) as client:
+            leader = asyncio.create_task(client.get(f"{first.url}/v1/runs/{run}",
+                                                    headers={"X-API-Key": key}))  # fmt: skip
+            await asyncio.sleep(0.1)
+            started = time.monotonic()
+            waiter = await client.get(f"{second.url}/v1/runs/{run}", headers={"X-API-Key": key})
+            waited = time.monotonic() - started
+            await leader
+            later = await client.get(f"{second.url}/v1/runs/{run}", headers={"X-API-Key": key})
+
+    assert waiter.status_code == 200
+    assert 1.0 < waited < 2.5  # gave up after ~0.2 s, then made its own 1 s request
+    assert fake.count(run) == 2
+    assert later.headers["x-cache"] == "HIT"
+
+
+async def test_leader_result_is_stored_when_its_client_gives_up(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy()
+    key, run = fake.add_key(), fake.add_run()
+    fake.latency = 0.5
+
+    async with httpx.AsyncClient(timeout=0.1) as impatient:
+        with pytest.raises(httpx.TimeoutException):
+            await impatient.get(f"{proxy.url}/v1/runs/{run}", headers={"X-API-Key": key})
+    await asyncio.sleep(0.6)
+    fake.latency = 0
+    later = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
+
+    assert later.headers["x-cache"] == "HIT"
+    assert fake.count(run) == 1
+
+
+async def test_stale_entries_are_served_while_one_refresh_runs_cluster_wide(
+    upstream: ServerThread, redis_url: str, fake: FakeLunary
+) -> None:
+    key, run = fake.add_key(), fake.add_run()
+    settings = {
+        "PROXY_UPSTREAM_URL": upstream.url,
+        "PROXY_REDIS_URL": redis_url,
+        "PROXY_SCOPE_SECRET": SECRET,
+        "PROXY_CACHE_TTL": "1.5",
+        "PROXY_STALE_TTL": "60",
+    }
+    with (
+        ProxyProcess(**settings) as a,
+        ProxyProcess(**settings) as b,
+        ProxyProcess(**settings) as c,
+    ):
+        urls = [a.url, b.url, c.url]
+        await burst(urls, f"/v1/runs/{run}", {"X-API-Key": key}, 1)
+        await asyncio.sleep(1.6)
+        fake.latency = 1.0
+        fake.runs[run]["name"] = "renamed"
+
+        started = time.monotonic()
+        answers = await burst(urls, f"/v1/runs/{run}", {"X-API-Key": key}, 45)
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(1.1)
+        after = await burst(urls, f"/v1/runs/{run}", {"X-API-Key": key}, 3)
+
+    assert {a.headers["x-cache"] for a in answers} == {"STALE"}
+    assert all(a.json()["name"] == "gpt-4o" for a in answers)
+    assert elapsed < 1.0  # answered without waiting for the 1 s refresh
+    assert fake.count(run) == 2  # the first fill and exactly one refresh
+    assert {a.headers["x-cache"] for a in after} == {"HIT"}
+    assert all(a.json()["name"] == "renamed" for a in after)

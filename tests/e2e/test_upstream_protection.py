@@ -1,0 +1,129 @@
+"""Upstream protection: 429 cooldowns shared by replicas, stale-if-error, pool bound, no retries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from tests.conftest import ProxyFactory
+from tests.e2e.test_stampede import SECRET, burst
+from tests.fake_lunary import FakeLunary
+from tests.servers import DroppingServer, ProxyProcess, ServerThread
+
+
+async def test_a_429_cools_its_bucket_down_on_every_replica(
+    upstream: ServerThread, redis_url: str, fake: FakeLunary
+) -> None:
+    key, run, other_run = fake.add_key(), fake.add_run(), fake.add_run()
+    fake.limited_buckets = {"198.51.100.7"}
+    fake.retry_after = "3"
+    settings = {
+        "PROXY_UPSTREAM_URL": upstream.url,
+        "PROXY_REDIS_URL": redis_url,
+        "PROXY_SCOPE_SECRET": SECRET,
+    }
+    limited = {"X-API-Key": key, "X-Forwarded-For": "198.51.100.7"}
+    other_bucket = {"X-API-Key": key, "X-Forwarded-For": "203.0.113.9"}
+    with ProxyProcess(**settings) as a, ProxyProcess(**settings) as b:
+        async with httpx.AsyncClient(timeout=10) as client:
+            first = await client.get(f"{a.url}/v1/runs/{run}", headers=limited)
+            fake.limited_buckets.clear()  # the upstream would answer now: the proxy must not ask
+            on_b = await client.get(f"{b.url}/v1/runs/{other_run}", headers=limited)
+            passthrough = await client.get(f"{b.url}/v1/runs/count", headers=limited)
+            no_cache = await client.get(
+                f"{a.url}/v1/runs/{run}", headers={**limited, "Cache-Control": "no-cache"}
+            )
+            unaffected = await client.get(f"{b.url}/v1/runs/{other_run}", headers=other_bucket)
+
+    assert first.status_code == 429
+    assert first.text == "Sometimes You Just Have to Slow Down."
+    for answer in (on_b, passthrough, no_cache):
+        assert answer.status_code == 429
+        assert answer.json()["error"] == "rate_limited"
+        assert 1 <= int(answer.headers["retry-after"]) <= 3
+    assert unaffected.status_code == 200
+    assert fake.count(run) == 1
+    assert fake.count(other_run) == 1  # only the other bucket's request
+    assert fake.count("/v1/runs/count") == 0
+
+
+def test_stale_entry_is_served_during_a_cooldown(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy(cache_ttl=60, stale_ttl=60)
+    key, run = fake.add_key(), fake.add_run()
+    headers = {"X-API-Key": key}
+    good = proxy.get(f"/v1/runs/{run}", headers=headers)
+    fake.rate_limit = 0  # every further upstream request is a 429
+
+    refreshed = proxy.get(f"/v1/runs/{run}", headers={**headers, "Cache-Control": "no-cache"})
+    during = proxy.get(f"/v1/runs/{run}", headers={**headers, "Cache-Control": "no-cache"})
+
+    assert refreshed.headers["x-cache"] == "STALE"
+    assert "fwd-status=429" in refreshed.headers["cache-status"]
+    assert during.headers["x-cache"] == "STALE"
+    assert "detail=rate-limit-cooldown" in during.headers["cache-status"]
+    assert during.content == good.content
+    assert fake.count(run) == 2  # the fill and the one 429; the cooldown kept the third away
+
+
+def test_retry_after_as_an_http_date_is_honoured(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy()
+    key, run = fake.add_key(), fake.add_run()
+    fake.rate_limit = 0
+    fake.retry_after = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 5))
+
+    proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
+    rejected = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
+
+    assert rejected.status_code == 429
+    assert 3 <= int(rejected.headers["retry-after"]) <= 6
+    assert fake.count(run) == 1
+
+
+async def test_concurrent_upstream_requests_are_bounded(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy(upstream_max_connections=3)
+    key = fake.add_key()
+    runs = [fake.add_run() for _ in range(12)]
+    fake.latency = 0.2
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        answers = await asyncio.gather(
+            *(client.get(f"{proxy.url}/v1/runs/{run}", headers={"X-API-Key": key}) for run in runs)
+        )
+
+    assert {a.status_code for a in answers} == {200}
+    assert fake.max_in_flight == 3
+
+
+def test_non_idempotent_requests_are_never_retried(make_proxy: ProxyFactory) -> None:
+    with DroppingServer() as dropping:
+        proxy = make_proxy(upstream_url=dropping.url)
+
+        answer = proxy.client.post("/v1/runs/ingest", json={"events": []})
+
+    assert answer.status_code == 502
+    assert answer.json()["error"] == "upstream_unreachable"
+    assert dropping.requests == 1
+
+
+async def test_in_process_single_flight_holds_while_redis_is_down(
+    make_proxy: ProxyFactory, fake: FakeLunary, redis_url: str, redis_server: object
+) -> None:
+    from tests.servers import RedisServer
+
+    assert isinstance(redis_server, RedisServer)
+    proxy = make_proxy(redis_url=redis_url)
+    key, run = fake.add_key(), fake.add_run()
+    fake.latency = 0.3
+    with redis_server.down():
+        answers = await burst([proxy.url], f"/v1/runs/{run}", {"X-API-Key": key}, 30)
+
+    assert {a.headers["x-cache"] for a in answers} == {"BYPASS"}
+    assert fake.count(run) == 1

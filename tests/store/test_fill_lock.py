@@ -1,0 +1,97 @@
+"""The cross-replica fill lock on a real Redis: leases, compare-and-delete, and wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.model import Entry, EntryKey
+from proxy.store.notify import FillNotices
+from proxy.store.redis import FILLED_CHANNEL, RedisStore, connect, entry_redis_key
+from tests.servers import RedisServer
+
+KEY = EntryKey("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "run:scope")
+ENTRY = Entry(200, "application/json", b"{}", '"e"', 1.7e9, 60, 0)
+
+
+class Replica:
+    """One replica's store with its own pub/sub listener, as the app wires them."""
+
+    def __init__(self, url: str) -> None:
+        self.notices = FillNotices(connect(url, cluster=False, timeout=None), FILLED_CHANNEL)
+        self.store = RedisStore(connect(url, cluster=False, timeout=1), 1, notices=self.notices)
+        self.listener = asyncio.create_task(self.notices.run())
+
+    async def close(self) -> None:
+        self.listener.cancel()
+        await asyncio.gather(self.listener, return_exceptions=True)
+        await self.store.close()
+        await self.notices.close()
+
+
+@pytest.fixture
+async def replicas(redis_url: str) -> AsyncIterator[tuple[Replica, Replica]]:
+    a, b = Replica(redis_url), Replica(redis_url)
+    await asyncio.wait_for(
+        asyncio.gather(a.notices.subscribed.wait(), b.notices.subscribed.wait()), 5
+    )
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_one_leader_per_key(replicas: tuple[Replica, Replica]) -> None:
+    a, b = replicas
+
+    assert await a.store.begin_fill(KEY, "token-a", lease=5) is True
+    assert await b.store.begin_fill(KEY, "token-b", lease=5) is False
+    assert await b.store.begin_fill(EntryKey(KEY.run_id, "run:other"), "token-b", 5) is True
+
+
+async def test_a_slow_leader_never_releases_a_newer_lock(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    assert await a.store.begin_fill(KEY, "slow", lease=0.2)
+    await asyncio.sleep(0.3)  # the slow leader's lease ran out
+    assert await b.store.begin_fill(KEY, "newer", lease=5)
+
+    await a.store.end_fill(KEY, "slow", ENTRY)  # its result still lands, but the lock stays
+
+    assert await a.store.begin_fill(KEY, "third", lease=5) is False
+    assert (await a.store.lookup(KEY)).entry == ENTRY
+
+
+async def test_waiters_are_woken_when_the_entry_lands(
+    replicas: tuple[Replica, Replica], redis_server: RedisServer
+) -> None:
+    a, b = replicas
+    assert await a.store.begin_fill(KEY, "leader", lease=5)
+
+    with b.store.watch_fill(KEY) as landed:
+        assert landed is not None
+        assert await b.store.begin_fill(KEY, "waiter", lease=5) is False
+        await a.store.end_fill(KEY, "leader", ENTRY)
+        await asyncio.wait_for(landed, 2)
+
+    assert (await b.store.lookup(KEY)).entry == ENTRY
+    assert redis_server.client().exists(entry_redis_key(KEY)) == 1
+
+
+async def test_uncontended_fills_publish_nothing(
+    replicas: tuple[Replica, Replica], redis_server: RedisServer
+) -> None:
+    a, _ = replicas
+    redis_server.client().config_resetstat()
+    published = redis_server.client().pubsub_numsub(FILLED_CHANNEL)[0][1]
+
+    assert await a.store.begin_fill(KEY, "only", lease=5)
+    with a.store.watch_fill(KEY) as landed:
+        await a.store.end_fill(KEY, "only", ENTRY)
+        await asyncio.sleep(0.2)
+        assert landed is not None
+        assert not landed.done()  # nobody flagged a wait, so nothing was announced
+    assert published == 2  # both replicas listen: silence is the leader's choice
+    assert "cmdstat_publish" not in redis_server.client().info("commandstats")
