@@ -33,6 +33,7 @@ from proxy.model import (
     EntryKey,
     Freshness,
     Judgement,
+    Lookup,
     Reason,
 )
 from proxy.paths import normalise_query
@@ -150,6 +151,18 @@ class _Filled:
 
 
 @dataclass(frozen=True, slots=True)
+class _Plan:
+    """How the leader of a fill will answer: what a request joining it needs to answer alike."""
+
+    generation: int
+    use_store: bool
+    stale: tuple[Entry, Judgement] | None
+    result: CacheResult
+    fwd: str
+    detail: Reason | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Coordination:
     """How long fills may hold the cross-replica lock, and waiters may wait for another's fill."""
 
@@ -180,7 +193,9 @@ class CachedReads:
         self._cooldowns = cooldowns
         self._coordination = coordination
         self._clock = clock
-        self._flights: SingleFlight[EntryKey, _Filled] = SingleFlight(tasks)
+        self._fills: SingleFlight[EntryKey, _Filled, _Plan] = SingleFlight(tasks)
+        self._lookups: dict[EntryKey, asyncio.Future[Lookup]] = {}
+        self._refreshes: SingleFlight[EntryKey, _Filled, None] = SingleFlight(tasks)
 
     async def serve(self, request: ReadRequest) -> Reply:
         now = self._clock()
@@ -191,10 +206,19 @@ class CachedReads:
             self._hasher.scope(facts.authorization, facts.api_key),
             normalise_query(request.query_string),
         )
-        if wants.no_store:
+        flight = None if wants.no_store else self._fills.peek(key)
+        if flight is not None:
+            # a fill of this key is under way here: join it without a store round trip, so a
+            # herd costs the store one lookup per process, not one per request
+            plan = flight[1]
+            fill = self._fill_for(
+                request, facts, key, now, plan.generation, use_store=plan.use_store
+            )
+            reply = await self._coalesced_reply(fill, plan)
+        elif wants.no_store:
             fill = self._fill_for(request, facts, key, now, generation=0, use_store=False)
-            reply = await self._own_fill_reply(fill, None, CacheResult.BYPASS, "bypass",
-                                               Reason.CLIENT_NO_STORE)  # fmt: skip
+            plan = _Plan(0, False, None, CacheResult.BYPASS, "bypass", Reason.CLIENT_NO_STORE)
+            reply = await self._own_fill_reply(fill, plan)
         else:
             reply = await self._read_through(request, facts, key, now, refresh=wants.no_cache)
         self._metrics.request(request.route.kind.value, reply.cache)
@@ -206,12 +230,11 @@ class CachedReads:
         self, request: ReadRequest, facts: _Facts, key: EntryKey, now: float, *, refresh: bool
     ) -> Reply:
         try:
-            found = await self._store.lookup(key)
+            found = await self._lookup(key)
         except StoreError:
             fill = self._fill_for(request, facts, key, now, generation=0, use_store=False)
-            return await self._coalesced_reply(
-                fill, None, CacheResult.BYPASS, "bypass", Reason.STORE_UNAVAILABLE
-            )
+            plan = _Plan(0, False, None, CacheResult.BYPASS, "bypass", Reason.STORE_UNAVAILABLE)
+            return await self._coalesced_reply(fill, plan)
         stale: tuple[Entry, Judgement] | None = None
         if found.entry is not None:
             judgement = judge(found.entry, now)
@@ -224,20 +247,38 @@ class CachedReads:
             self._refresh_in_background(fill)
             return replies.stale(*stale, Reason.REVALIDATING)
         fwd = "request" if refresh else ("stale" if found.entry is not None else "miss")
-        return await self._coalesced_reply(fill, stale, CacheResult.MISS, fwd)
+        plan = _Plan(found.generation, True, stale, CacheResult.MISS, fwd)
+        return await self._coalesced_reply(fill, plan)
+
+    async def _lookup(self, key: EntryKey) -> Lookup:
+        """One store lookup per key at a time in this process: concurrent requests share it.
+
+        A herd arrives all at once, before any fill is in flight to join; sharing the lookup
+        keeps it to one store round trip per key and process instead of one per request.
+        """
+        pending = self._lookups.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        pending = asyncio.get_running_loop().create_future()
+        self._lookups[key] = pending
+        try:
+            found = await self._store.lookup(key)
+        except BaseException as exc:
+            pending.set_exception(exc if isinstance(exc, StoreError) else StoreError("lookup"))
+            pending.exception()  # retrieved: no "exception was never retrieved" if nobody waits
+            raise
+        else:
+            pending.set_result(found)
+            return found
+        finally:
+            del self._lookups[key]
 
     # -- fills ----------------------------------------------------------------------------
 
-    async def _coalesced_reply(
-        self,
-        fill: _Fill,
-        stale: tuple[Entry, Judgement] | None,
-        result: CacheResult,
-        fwd: str,
-        detail: Reason | None = None,
-    ) -> Reply:
+    async def _coalesced_reply(self, fill: _Fill, plan: _Plan) -> Reply:
         """Join the fill in flight for this key, or lead one; fall back to our own on timeout."""
-        task, leading = self._flights.join(fill.key, lambda: self._fill(fill, wait=True))
+        stale = plan.stale
+        task, leading = self._fills.join(fill.key, lambda: self._fill(fill, wait=True), plan)
         try:
             if leading:
                 filled = await _shielded_for_leader(task)
@@ -248,34 +289,27 @@ class CachedReads:
                 )
         except TimeoutError:
             self._metrics.coalesced("timeout")
-            return await self._own_fill_reply(fill, stale, result, fwd, detail)
+            return await self._own_fill_reply(fill, plan)
         except (UpstreamError, RateLimited) as exc:
-            return self._failed(exc, stale, result)
+            return self._failed(exc, stale, plan.result)
         if stale is not None and _upstream_failed(filled):
             return await _stale_instead(filled, stale, close=leading)
         if leading:
-            return self._reply_for_leader(filled, result, fwd, detail)
+            return self._reply_for_leader(filled, plan)
         shared = self._shared(filled)
         if shared is None:  # nothing another request can reuse: fetch for ourselves
             self._metrics.coalesced("refetch")
-            return await self._own_fill_reply(fill, stale, result, fwd, detail)
-        return replies.collapsed(shared, result, fwd, detail)
+            return await self._own_fill_reply(fill, plan)
+        return replies.collapsed(shared, plan.result, plan.fwd, plan.detail)
 
-    async def _own_fill_reply(
-        self,
-        fill: _Fill,
-        stale: tuple[Entry, Judgement] | None,
-        result: CacheResult,
-        fwd: str,
-        detail: Reason | None = None,
-    ) -> Reply:
+    async def _own_fill_reply(self, fill: _Fill, plan: _Plan) -> Reply:
         try:
             filled = await self._fill(fill, wait=True)
         except (UpstreamError, RateLimited) as exc:
-            return self._failed(exc, stale, result)
-        if stale is not None and _upstream_failed(filled):
-            return await _stale_instead(filled, stale, close=True)
-        return self._reply_for_leader(filled, result, fwd, detail)
+            return self._failed(exc, plan.stale, plan.result)
+        if plan.stale is not None and _upstream_failed(filled):
+            return await _stale_instead(filled, plan.stale, close=True)
+        return self._reply_for_leader(filled, plan)
 
     async def _fill(self, fill: _Fill, *, wait: bool) -> _Filled:
         """Fetch and store, unless another replica already is: then (if `wait`) take its entry."""
@@ -396,9 +430,9 @@ class CachedReads:
 
     def _refresh_in_background(self, fill: _Fill) -> None:
         """One refresh per key: skipped when this process or another replica already runs one."""
-        if self._flights.running(fill.key):
+        if self._refreshes.running(fill.key):
             return
-        task, _ = self._flights.join(fill.key, lambda: self._fill(fill, wait=False))
+        task, _ = self._refreshes.join(fill.key, lambda: self._fill(fill, wait=False), None)
         self._metrics.background_refresh()
         task.add_done_callback(_close_unread_body)
 
@@ -423,20 +457,18 @@ class CachedReads:
 
     # -- replies --------------------------------------------------------------------------
 
-    def _reply_for_leader(
-        self, filled: _Filled, result: CacheResult, fwd: str, detail: Reason | None = None
-    ) -> Reply:
+    def _reply_for_leader(self, filled: _Filled, plan: _Plan) -> Reply:
         if filled.fetched is None:
-            if filled.entry is None:  # a background refresh found another replica at work
+            if filled.entry is None:
                 raise RuntimeError("a foreground fill always fetches or waits")
-            return replies.collapsed(filled.entry, result, fwd, detail)
+            return replies.collapsed(filled.entry, plan.result, plan.fwd, plan.detail)
         status_header = cache_status(
-            fwd=fwd,
+            fwd=plan.fwd,
             fwd_status=filled.fetched.status,
             stored=filled.stored,
-            detail=detail or filled.not_stored,
+            detail=plan.detail or filled.not_stored,
         )
-        return replies.relayed(filled.fetched, result, status_header)
+        return replies.relayed(filled.fetched, plan.result, status_header)
 
     @staticmethod
     def _shared(filled: _Filled) -> Entry | None:

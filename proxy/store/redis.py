@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -32,6 +32,7 @@ from proxy.store.notify import FillNotices
 
 # what a failing or unreachable Redis (or Cluster) raises; all of it becomes StoreError
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+POOL_SIZE = 64
 KEY_PREFIX = "lcp:1:"
 FILLED_CHANNEL = KEY_PREFIX + "filled"
 
@@ -90,7 +91,12 @@ def connect(url: str, *, cluster: bool, timeout: float | None) -> Redis | RedisC
     }
     if cluster:
         return RedisCluster.from_url(url, **options)
-    return Redis.from_url(url, health_check_interval=0, **options)
+    # a burst waits (within the caller's timeout) for one of a bounded set of connections,
+    # rather than failing at once past redis-py's default cap or opening hundreds of them
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=timeout, health_check_interval=0, **options
+    )
+    return Redis.from_pool(pool)
 
 
 class RedisStore:

@@ -32,7 +32,7 @@ async def test_a_closed_set_starts_nothing() -> None:
 
 
 async def test_single_flight_runs_one_task_per_key_and_forgets_it_when_done() -> None:
-    flights: SingleFlight[str, int] = SingleFlight(TaskSet())
+    flights: SingleFlight[str, int, str] = SingleFlight(TaskSet())
     started: list[str] = []
 
     async def work(name: str) -> int:
@@ -40,13 +40,15 @@ async def test_single_flight_runs_one_task_per_key_and_forgets_it_when_done() ->
         await asyncio.sleep(0.05)
         return len(started)
 
-    first, lead_a = flights.join("k", lambda: work("a"))
-    second, lead_b = flights.join("k", lambda: work("b"))
-    other, lead_c = flights.join("other", lambda: work("c"))
+    first, lead_a = flights.join("k", lambda: work("a"), "plan-a")
+    second, lead_b = flights.join("k", lambda: work("b"), "plan-b")
+    other, lead_c = flights.join("other", lambda: work("c"), "plan-c")
+    peeked = flights.peek("k")
     results = await asyncio.gather(first, second, other)
 
     assert (lead_a, lead_b, lead_c) == (True, False, True)
     assert first is second
+    assert peeked == (first, "plan-a")  # joiners see what the leader knew
     assert started == ["a", "c"]
     assert results[0] == results[1]
     assert not flights.running("k")
