@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from config import Settings, load_settings
 from proxy import errors, logs
+from proxy.admin import Admin
 from proxy.asgi import (
     ClientGone,
     Receive,
@@ -27,10 +28,11 @@ from proxy.asgi import (
     send_streamed,
     send_whole,
 )
+from proxy.invalidation import Invalidator
 from proxy.lifecycle import CachedReads, Coordination, ReadRequest
 from proxy.metrics import Metrics
 from proxy.passthrough import Passthrough, RequestTooLarge
-from proxy.paths import check_path, match_cached_route
+from proxy.paths import check_path, match_cached_route, match_run_write
 from proxy.policy import Lifetimes
 from proxy.ports import Store, StoreError, Upstream, UpstreamError, UpstreamTimeout
 from proxy.ratelimit import Cooldowns, RateLimited
@@ -46,6 +48,9 @@ log = logging.getLogger("proxy")
 READ_METHODS = frozenset({"GET", "HEAD"})
 OWN_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
 RESERVED_PREFIX = b"/admin/"
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# bodies of Lunary events: their runIds (and parents) are dropped after a successful ingest
+INGEST_PATHS = frozenset({b"/v1/runs/ingest", b"/api/report", b"/v1/traces"})
 JSON = (b"content-type", errors.JSON_TYPE)
 
 
@@ -58,6 +63,8 @@ class Components:
     passthrough: Passthrough
     upstream: Upstream
     tasks: TaskSet
+    invalidator: Invalidator
+    admin: Admin
     notices: FillNotices | None
     listener: asyncio.Task[None] | None
 
@@ -106,6 +113,9 @@ class ProxyApp:
         store = GuardedStore(self._open_store(notices), self.metrics)
         upstream = HttpxUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
         cooldowns = Cooldowns(store)
+        invalidator = Invalidator(
+            store, self.metrics, keep_for=s.cache_ttl + s.stale_ttl + s.upstream_timeout + 1
+        )
         lifetimes = Lifetimes(
             cache_ttl=s.cache_ttl,
             stale_ttl=s.stale_ttl,
@@ -133,6 +143,8 @@ class ProxyApp:
             passthrough=Passthrough(upstream, s.max_request_bytes, self.metrics, cooldowns),
             upstream=upstream,
             tasks=tasks,
+            invalidator=invalidator,
+            admin=Admin(s.admin_token.get_secret_value(), invalidator),
             notices=notices,
             listener=listener,
         )
@@ -193,7 +205,7 @@ class ProxyApp:
             return
         if raw_path.startswith(RESERVED_PREFIX) or raw_path == b"/openapi.json":
             # the proxy's own surface: never forwarded, so an admin token never reaches Lunary
-            await send_error(send, errors.not_found())
+            await self._admin(raw_path, method, scope["headers"], send)
             return
         rejected = check_path(raw_path)
         if rejected is not None:
@@ -240,6 +252,12 @@ class ProxyApp:
             await send_error(send, errors.request_too_large(self.settings.max_request_bytes))
             return
         body = passthrough.limited(request_body(receive)) if has_body(headers) else None
+        # writes to a run drop its entries once the upstream accepted them (2xx)
+        written_run = match_run_write(raw_path) if method in WRITE_METHODS else None
+        captured: bytearray | None = None
+        if body is not None and method == "POST" and raw_path in INGEST_PATHS:
+            captured = bytearray()
+            body = _captured(body, captured)
         client = scope.get("client")
         try:
             response = await passthrough.forward(
@@ -264,7 +282,27 @@ class ProxyApp:
                 send, errors.upstream_timeout() if timed_out else errors.upstream_unreachable()
             )
             return
+        if 200 <= response.status < 300:
+            # before the client hears back, so a read right after its write sees the write
+            invalidator = self._parts.invalidator
+            if written_run is not None:
+                await invalidator.run(written_run, "write")
+            if captured is not None:
+                await invalidator.ingest(bytes(captured))
         await _relay(send, response.status, response.headers, b"", response.chunks, response.aclose)
+
+    async def _admin(
+        self, raw_path: bytes, method: str, headers: list[tuple[bytes, bytes]], send: Send
+    ) -> None:
+        if self._parts is None or raw_path == b"/openapi.json":
+            await send_error(send, errors.not_found())
+            return
+        answer = await self._parts.admin.handle(method, raw_path, headers)
+        if isinstance(answer, errors.ProxyErrorReply):
+            await send_error(send, answer)
+            return
+        status, body, extra = answer
+        await send_whole(send, status, [JSON, *extra], body)
 
     async def _own(self, raw_path: bytes, method: str, send: Send) -> None:
         if method not in READ_METHODS:
@@ -293,6 +331,13 @@ class ProxyApp:
             failure = errors.not_ready(f"the store does not answer ({exc})")
             return failure.status, [JSON], failure.body()
         return 200, [JSON], orjson.dumps({"status": "ready"})
+
+
+async def _captured(chunks: AsyncIterator[bytes], into: bytearray) -> AsyncIterator[bytes]:
+    """Pass the body on while keeping a copy (bounded by the request size limit upstream)."""
+    async for chunk in chunks:
+        into += chunk
+        yield chunk
 
 
 async def _relay(

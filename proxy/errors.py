@@ -55,13 +55,10 @@ def not_found() -> ProxyErrorReply:
     return ProxyErrorReply(404, "not_found", "This proxy does not forward that path.")
 
 
-def method_not_allowed(allowed: bytes) -> ProxyErrorReply:
-    return ProxyErrorReply(
-        405,
-        "method_not_allowed",
-        "Only GET and HEAD are served on this route.",
-        ((b"allow", allowed),),
-    )
+def method_not_allowed(
+    allowed: bytes, message: str = "Only GET and HEAD are served on this route."
+) -> ProxyErrorReply:
+    return ProxyErrorReply(405, "method_not_allowed", message, ((b"allow", allowed),))
 
 
 def not_ready(reason: str) -> ProxyErrorReply:

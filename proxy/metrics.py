@@ -88,6 +88,17 @@ class Metrics:
             "Upstream requests not made because their rate bucket was cooling down.",
             registry=registry,
         )
+        self._invalidations = Counter(
+            "lunary_proxy_invalidations",
+            "Runs whose entries were dropped, by source (write, ingest, admin) and result.",
+            ["source", "result"],
+            registry=registry,
+        )
+        self._ingest_unparsed = Counter(
+            "lunary_proxy_ingest_unparsed",
+            "Ingest bodies forwarded but not understood, so no run was invalidated.",
+            registry=registry,
+        )
         Info("lunary_proxy_build", "Build information.", registry=registry).info(
             {"version": __version__}
         )
@@ -121,6 +132,12 @@ class Metrics:
 
     def not_stored(self, reason: Reason) -> None:
         self._not_stored.labels(reason.value).inc()
+
+    def invalidation(self, source: str, *, ok: bool) -> None:
+        self._invalidations.labels(source, "ok" if ok else "error").inc()
+
+    def ingest_unparsed(self) -> None:
+        self._ingest_unparsed.inc()
 
     def coalesced(self, outcome: str) -> None:
         self._coalesced.labels(outcome).inc()

@@ -56,10 +56,22 @@ def match_cached_route(raw_path: bytes) -> CachedRoute | None:
         return None
     if parts[0] or parts[1] != b"v1" or parts[2] != b"runs":
         return None
-    segment = parts[3]
-    text = unquote(segment.decode("latin-1")) if b"%" in segment else segment.decode("latin-1")
-    run_id = canonical_run_id(text)
+    run_id = canonical_run_id(unquote_segment(parts[3]))
     return None if run_id is None else CachedRoute(kind, run_id)
+
+
+def unquote_segment(segment: bytes) -> str:
+    """A path segment as text, percent-decoded (the run id of `%7B...%7D` is a UUID too)."""
+    text = segment.decode("latin-1")
+    return unquote(text) if "%" in text else text
+
+
+def match_run_write(raw_path: bytes) -> str | None:
+    """The run a write to `/v1/runs/{uuid}` or `/v1/runs/{uuid}/...` changes, if any."""
+    parts = raw_path.split(b"/", 4)
+    if len(parts) < 4 or parts[0] or parts[1] != b"v1" or parts[2] != b"runs":
+        return None
+    return canonical_run_id(unquote_segment(parts[3]))
 
 
 def normalise_query(query_string: bytes) -> bytes:

@@ -31,6 +31,14 @@ class Store(Protocol):
         """Keep `entry` for `entry.kept_for` seconds; `entry.generation` is the one looked up."""
         ...
 
+    async def invalidate_run(self, run_id: str, keep_for: float) -> int:
+        """Make every entry of the run, in every scope and route, a miss; O(1) in Redis.
+
+        `keep_for` is the longest an entry lives: the generation must outlive them all. Returns
+        how many entries were dropped when the store can tell (else 0).
+        """
+        ...
+
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         """Take the fill lock of `key` for `lease` seconds (True), or flag ourselves as a waiter."""
         ...

@@ -50,3 +50,28 @@ def ingest_run_uuid(run_id: str) -> str:
         return run_id.lower()
     h = hashlib.sha256(run_id.encode()).hexdigest()
     return f"{h[0:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
+
+
+def ingest_targets(document: object) -> tuple[set[str], set[str]] | None:
+    """The runs an ingest body touches: (every `runId`, every `parentRunId`), as Lunary files them.
+
+    None when the body is not `{"events": <event or list of events>}`.
+    """
+    if not isinstance(document, dict) or "events" not in document:
+        return None
+    events = document["events"]
+    events = events if isinstance(events, list) else [events]
+    runs: set[str] = set()
+    parents: set[str] = set()
+    for event in events:
+        if not isinstance(event, dict):
+            continue
+        for field, found in (("runId", runs), ("parentRunId", parents)):
+            value = event.get(field)
+            if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+                found.add(_filed_id(str(value)))
+    return runs, parents
+
+
+def _filed_id(run_id: str) -> str:
+    return canonical_run_id(run_id) or ingest_run_uuid(run_id)

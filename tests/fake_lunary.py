@@ -81,8 +81,9 @@ class FakeLunary:
         parent: str | None = None,
         marker: str = "",
         size: int = 0,
+        run_id: str | None = None,
     ) -> str:
-        run_id = str(uuid.uuid4())
+        run_id = run_id or str(uuid.uuid4())
         self.runs[run_id] = {
             "id": run_id,
             "projectId": str(uuid.uuid5(uuid.NAMESPACE_DNS, org_id)),
@@ -241,6 +242,8 @@ class FakeLunary:
     def _other(self, request: Request, body: bytes) -> Response:
         if request.url.path == "/echo":
             return Response(body, 201, media_type="application/octet-stream")
+        if request.url.path == "/v1/traces" and request.method == "POST":
+            return _json({})  # OTLP export accepted whatever its encoding
         if request.url.path == "/v1/template_versions/latest":
             return _json({"slug": request.query_params.get("slug"), "content": []})
         return _json({"message": "Not Found"}, 404)

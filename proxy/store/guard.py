@@ -49,6 +49,10 @@ class GuardedStore:
     async def save(self, key: EntryKey, entry: Entry) -> None:
         await self._call("save", lambda: self._inner.save(key, entry))
 
+    async def invalidate_run(self, run_id: str, keep_for: float) -> int:
+        # attempted even with the breaker open: a missed invalidation would serve stale data
+        return await self._measure("invalidate", self._inner.invalidate_run(run_id, keep_for))
+
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         return await self._call("begin_fill", lambda: self._inner.begin_fill(key, token, lease))
 

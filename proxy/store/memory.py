@@ -22,28 +22,67 @@ class MemoryStore:
         self._max_entries = max_entries
         self._clock = clock
         self._entries: OrderedDict[EntryKey, tuple[float, Entry]] = OrderedDict()
+        self._by_run: dict[str, set[EntryKey]] = {}
+        # run -> (until when, generation): fills that read an older generation store dead entries
+        self._generations: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     async def lookup(self, key: EntryKey) -> Lookup:
+        now = self._clock()
+        generation = self._generation(key.run_id, now)
         found = self._entries.get(key)
         if found is None:
-            return Lookup(None, 0)
+            return Lookup(None, generation)
         expires_at, entry = found
-        if expires_at <= self._clock():
-            del self._entries[key]
-            return Lookup(None, 0)
+        if expires_at <= now or entry.generation != generation:
+            self._drop(key)
+            return Lookup(None, generation)
         self._entries.move_to_end(key)
-        return Lookup(entry, 0)
+        return Lookup(entry, generation)
 
     async def save(self, key: EntryKey, entry: Entry) -> None:
         if entry.kept_for <= 0:
             return
         self._entries[key] = (self._clock() + entry.kept_for, entry)
         self._entries.move_to_end(key)
+        self._by_run.setdefault(key.run_id, set()).add(key)
         while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+            self._drop(next(iter(self._entries)))
+
+    async def invalidate_run(self, run_id: str, keep_for: float) -> int:
+        now = self._clock()
+        generation = self._generation(run_id, now) + 1
+        self._generations[run_id] = (now + keep_for, generation)
+        self._generations.move_to_end(run_id)
+        if len(self._generations) > 4 * self._max_entries:
+            self._generations = OrderedDict(
+                (run, value) for run, value in self._generations.items() if value[0] > now
+            )
+            while len(self._generations) > 4 * self._max_entries:
+                self._generations.popitem(last=False)
+        dropped = list(self._by_run.get(run_id, ()))
+        for key in dropped:
+            self._drop(key)
+        return len(dropped)
+
+    def _generation(self, run_id: str, now: float) -> int:
+        found = self._generations.get(run_id)
+        if found is None:
+            return 0
+        if found[0] <= now:
+            del self._generations[run_id]
+            return 0
+        return found[1]
+
+    def _drop(self, key: EntryKey) -> None:
+        self._entries.pop(key, None)
+        keys = self._by_run.get(key.run_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_run[key.run_id]
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         return True  # one process: in-process single-flight already made us the only filler

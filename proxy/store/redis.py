@@ -42,6 +42,12 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 return 0
 """
+# KEYS: generation. ARGV: how long it must outlive the entries written under older generations.
+INVALIDATE = """
+local generation = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return generation
+"""
 # KEYS: entry, lock, wait flag. ARGV: encoded entry or '', ttl ms, token, channel.
 # Compare-and-delete: a slow leader whose lease ran out never releases a newer leader's lock.
 END_FILL = """
@@ -115,6 +121,7 @@ class RedisStore:
         self._notices = notices
         self._begin_fill = client.register_script(BEGIN_FILL)
         self._end_fill = client.register_script(END_FILL)
+        self._invalidate = client.register_script(INVALIDATE)
 
     async def lookup(self, key: EntryKey) -> Lookup:
         redis_key = entry_redis_key(key)
@@ -146,6 +153,16 @@ class RedisStore:
                 await self._client.set(entry_redis_key(key), codec.encode(entry), px=ttl_ms)
         except REDIS_FAILURES as exc:
             raise StoreError(f"save failed: {type(exc).__name__}") from exc
+
+    async def invalidate_run(self, run_id: str, keep_for: float) -> int:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._invalidate(
+                    keys=[generation_redis_key(run_id)], args=[max(1, _ms(keep_for))]
+                )
+        except REDIS_FAILURES as exc:
+            raise StoreError(f"invalidate failed: {type(exc).__name__}") from exc
+        return 0  # the entries are dead, not counted: counting them would need a scan
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         keys = [lock_redis_key(key), wait_redis_key(key)]

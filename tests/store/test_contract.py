@@ -93,3 +93,33 @@ async def test_overwrite_replaces_the_entry(store: Store) -> None:
 
 async def test_ping_answers(store: Store) -> None:
     await store.ping()
+
+
+async def test_invalidating_a_run_drops_every_scope_and_route(store: Store) -> None:
+    keys = [EntryKey(RUN, name) for name in ("run:s1", "run:s2", "related:s1", "related:s2")]
+    other = EntryKey("b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "run:s1")
+    for key in [*keys, other]:
+        await store.save(key, entry())
+
+    await store.invalidate_run(RUN, keep_for=60)
+
+    assert [(await store.lookup(key)).entry for key in keys] == [None] * 4
+    assert (await store.lookup(other)).entry == entry()
+
+
+async def test_a_fill_that_read_before_an_invalidation_stores_a_dead_entry(store: Store) -> None:
+    key = EntryKey(RUN, "run:s1")
+    before = await store.lookup(key)  # a fill starts...
+    await store.invalidate_run(RUN, keep_for=60)  # ...a write lands meanwhile...
+    stale_fill = Entry(200, "application/json", b"old", '"e"', 1.7e9, 60, 0, before.generation)
+    await store.save(key, stale_fill)  # ...and the fill stores what it fetched before the write
+
+    after = await store.lookup(key)
+    await store.save(key, Entry(200, "application/json", b"new", '"e"', 1.7e9, 60, 0,
+                                after.generation))  # fmt: skip
+
+    assert after.entry is None
+    assert after.generation != before.generation
+    found = await store.lookup(key)
+    assert found.entry is not None
+    assert found.entry.body == b"new"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.model import CachedRoute, RouteKind
-from proxy.paths import check_path, match_cached_route, normalise_query
+from proxy.paths import check_path, match_cached_route, match_run_write, normalise_query
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 
@@ -77,3 +77,19 @@ def test_query_normalisation_sorts_raw_parameters() -> None:
     assert normalise_query(b"b=2&a=1") == normalise_query(b"a=1&b=2") == b"a=1&b=2"
     assert normalise_query(b"a=1&&b=%20") == b"a=1&b=%20"
     assert normalise_query(b"") == b""
+
+
+@pytest.mark.parametrize(
+    ("path", "run"),
+    [
+        (f"/v1/runs/{RUN}".encode(), RUN),
+        (f"/v1/runs/{RUN.upper()}/tags".encode(), RUN),
+        (f"/v1/runs/{RUN}/feedback/x".encode(), RUN),
+        (f"/v1/runs/%7B{RUN}%7D/score".encode(), RUN),
+        (b"/v1/runs/ingest", None),
+        (b"/v1/runs", None),
+        (f"/v2/runs/{RUN}".encode(), None),
+    ],
+)
+def test_run_writes_name_their_run(path: bytes, run: str | None) -> None:
+    assert match_run_write(path) == run

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.runs import body_is_settled, canonical_run_id, ingest_run_uuid, is_settled
+from proxy.runs import (
+    body_is_settled,
+    canonical_run_id,
+    ingest_run_uuid,
+    ingest_targets,
+    is_settled,
+)
 
 CANONICAL = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 
@@ -107,3 +113,21 @@ def test_ingest_ids_map_as_lunary_does() -> None:
     # sha256("my-run") starts b4dbeadf14680183dd0ed4560af5dd92; version 4 and variant a forced
     assert ingest_run_uuid("my-run") == "b4dbeadf-1468-4183-ad0e-d4560af5dd92"
     assert ingest_run_uuid(CANONICAL.upper()) == CANONICAL
+
+
+def test_ingest_targets_name_runs_and_parents() -> None:
+    body = {
+        "events": [
+            {"runId": CANONICAL.upper(), "parentRunId": "parent-1"},
+            {"runId": 42},
+            {"runId": None},
+            "junk",
+        ]
+    }
+
+    targets = ingest_targets(body)
+
+    assert targets == ({CANONICAL, ingest_run_uuid("42")}, {ingest_run_uuid("parent-1")})
+    assert ingest_targets({"events": {"runId": CANONICAL}}) == ({CANONICAL}, set())
+    assert ingest_targets({"no": "events"}) is None
+    assert ingest_targets([1, 2]) is None

@@ -1,0 +1,55 @@
+"""The purge route, `DELETE /admin/cache/runs/{id}`, behind a bearer token."""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+
+from proxy import errors
+from proxy.errors import ProxyErrorReply
+from proxy.headers import Header
+from proxy.invalidation import Invalidator
+from proxy.paths import unquote_segment
+from proxy.runs import canonical_run_id
+
+PURGE_PREFIX = b"/admin/cache/runs/"
+
+
+class Admin:
+    """Answers the admin surface; off (404) when no token is configured."""
+
+    def __init__(self, token: str, invalidator: Invalidator) -> None:
+        self._token = token.encode()
+        self._invalidator = invalidator
+
+    async def handle(
+        self, method: str, raw_path: bytes, headers: list[Header]
+    ) -> tuple[int, bytes, tuple[Header, ...]] | ProxyErrorReply:
+        if not self._token or not raw_path.startswith(PURGE_PREFIX):
+            return errors.not_found()
+        refused = self._refuse(headers)
+        if refused is not None:
+            return refused
+        if method != "DELETE":
+            return errors.method_not_allowed(b"DELETE", "Only DELETE is served on this route.")
+        run_id = canonical_run_id(unquote_segment(raw_path[len(PURGE_PREFIX) :]))
+        if run_id is None:
+            return errors.ProxyErrorReply(400, "bad_request", "The run id is not a UUID.")
+        if not await self._invalidator.run(run_id, "admin"):
+            return errors.not_ready("the store did not answer; nothing was dropped")
+        return 200, orjson.dumps({"run_id": run_id, "invalidated": True}), ()
+
+    def _refuse(self, headers: list[Header]) -> ProxyErrorReply | None:
+        authorization = next((v for n, v in headers if n == b"authorization"), None)
+        scheme, _, presented = (authorization or b"").partition(b" ")
+        if authorization is None or scheme.lower() != b"bearer":
+            return errors.ProxyErrorReply(
+                401,
+                "unauthorized",
+                "A bearer token is required.",
+                ((b"www-authenticate", b'Bearer realm="lunary-cache-proxy"'),),
+            )
+        if not hmac.compare_digest(presented.strip(), self._token):
+            return errors.ProxyErrorReply(403, "forbidden", "The bearer token is not valid.")
+        return None

@@ -1,0 +1,197 @@
+"""Writes, ingests and admin purges drop a run's entries in every scope, for both routes."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.runs import ingest_run_uuid
+from tests.conftest import ProxyFactory, RunningProxy
+from tests.fake_lunary import FakeLunary
+from tests.servers import RedisServer
+
+
+def warm(proxy: RunningProxy, run: str, keys: list[str]) -> None:
+    """Cache both routes of `run` for every key, and check that they are hits."""
+    for key in keys:
+        for path in (f"/v1/runs/{run}", f"/v1/runs/{run}/related"):
+            proxy.get(path, headers={"X-API-Key": key})
+            assert proxy.get(path, headers={"X-API-Key": key}).headers["x-cache"] == "HIT"
+
+
+def cached(proxy: RunningProxy, run: str, keys: list[str]) -> list[str]:
+    return [
+        proxy.get(path, headers={"X-API-Key": key}).headers["x-cache"]
+        for key in keys
+        for path in (f"/v1/runs/{run}", f"/v1/runs/{run}/related")
+    ]
+
+
+def metric(proxy: RunningProxy, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(proxy.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [
+        ("PATCH", "/tags", b'["a"]'),
+        ("PATCH", "/feedback", b'{"thumb": "up"}'),
+        ("PATCH", "/score", b'{"label": "x", "value": 1}'),
+        ("PATCH", "/visibility", b'{"visibility": true}'),
+        ("DELETE", "", b""),
+    ],
+)
+def test_a_successful_write_drops_the_run_in_every_scope(
+    proxy: RunningProxy, fake: FakeLunary, method: str, suffix: str, body: bytes
+) -> None:
+    keys = [fake.add_key(), fake.add_key()]
+    run, untouched = fake.add_run(), fake.add_run()
+    warm(proxy, run, keys)
+    warm(proxy, untouched, keys[:1])
+
+    answer = proxy.client.request(
+        method, f"/v1/runs/{run.upper()}{suffix}", content=body, headers={"X-API-Key": keys[0]}
+    )
+
+    assert answer.status_code == 200
+    assert cached(proxy, run, keys) == ["MISS"] * 4
+    assert cached(proxy, untouched, keys[:1]) == ["HIT", "HIT"]
+    assert metric(proxy, "lunary_proxy_invalidations_total", source="write", result="ok") == 1
+
+
+def test_a_failed_write_drops_nothing(proxy: RunningProxy, fake: FakeLunary) -> None:
+    owner, stranger = fake.add_key("org-a"), fake.add_key("org-b")
+    run = fake.add_run("org-a")
+    warm(proxy, run, [owner])
+
+    refused = proxy.client.delete(f"/v1/runs/{run}", headers={"X-API-Key": stranger})
+
+    assert refused.status_code == 404
+    assert cached(proxy, run, [owner]) == ["HIT", "HIT"]
+
+
+def test_ingest_drops_every_run_and_parent_it_names(proxy: RunningProxy, fake: FakeLunary) -> None:
+    key = fake.add_key()
+    parent = fake.add_run()
+    child = fake.add_run(parent=parent)
+    legacy = fake.add_run(run_id=ingest_run_uuid("legacy-id-42"))
+    bystander = fake.add_run()
+    for run in (parent, child, legacy, bystander):
+        warm(proxy, run, [key])
+    events = {
+        "events": [
+            {"type": "llm", "event": "end", "runId": child, "parentRunId": parent},
+            {"type": "llm", "event": "start", "runId": "legacy-id-42"},
+        ]
+    }
+    raw = orjson.dumps(events)
+
+    answer = proxy.client.post("/v1/runs/ingest", content=raw, headers={"X-API-Key": key})
+
+    assert answer.status_code == 200
+    assert fake.requests[-1].body == raw  # forwarded unchanged
+    for run in (parent, child, legacy):
+        assert cached(proxy, run, [key]) == ["MISS", "MISS"]
+    assert cached(proxy, bystander, [key]) == ["HIT", "HIT"]
+
+
+def test_a_single_event_object_is_understood_too(proxy: RunningProxy, fake: FakeLunary) -> None:
+    key, run = fake.add_key(), fake.add_run()
+    warm(proxy, run, [key])
+
+    proxy.client.post(
+        "/v1/runs/ingest",
+        json={"events": {"runId": run, "event": "feedback"}},
+        headers={"X-API-Key": key},
+    )
+
+    assert cached(proxy, run, [key]) == ["MISS", "MISS"]
+
+
+def test_an_unparsable_ingest_is_forwarded_unchanged_and_counted(
+    proxy: RunningProxy, fake: FakeLunary
+) -> None:
+    key, run = fake.add_key(), fake.add_run()
+    warm(proxy, run, [key])
+    before = metric(proxy, "lunary_proxy_ingest_unparsed_total")
+    protobuf = b"\x0a\x0b\x12 an OTLP protobuf export"
+
+    answer = proxy.client.post("/v1/traces", content=protobuf, headers={"X-API-Key": key})
+
+    assert answer.status_code == 200
+    assert fake.requests[-1].body == protobuf
+    assert metric(proxy, "lunary_proxy_ingest_unparsed_total") == before + 1
+    assert cached(proxy, run, [key]) == ["HIT", "HIT"]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_admin_purge(
+    make_proxy: ProxyFactory, fake: FakeLunary, store: str, request: pytest.FixtureRequest
+) -> None:
+    extra = {"redis_url": request.getfixturevalue("redis_url")} if store == "redis" else {}
+    proxy = make_proxy(admin_token="s3cret-admin", **extra)
+    keys = [fake.add_key(), fake.add_key()]
+    run = fake.add_run()
+    warm(proxy, run, keys)
+    path = f"/admin/cache/runs/{{{run.upper()}}}"
+
+    missing = proxy.client.delete(path)
+    wrong = proxy.client.delete(path, headers={"Authorization": "Bearer nope"})
+    basic = proxy.client.delete(path, headers={"Authorization": "Basic s3cret-admin"})
+    get = proxy.get(path, headers={"Authorization": "Bearer s3cret-admin"})
+    not_uuid = proxy.client.delete(
+        "/admin/cache/runs/abc", headers={"Authorization": "Bearer s3cret-admin"}
+    )
+    still = cached(proxy, run, keys)
+    purged = proxy.client.delete(path, headers={"Authorization": "Bearer s3cret-admin"})
+
+    assert missing.status_code == 401
+    assert missing.json()["error"] == "unauthorized"
+    assert wrong.status_code == 403
+    assert basic.status_code == 401
+    assert get.status_code == 405
+    assert not_uuid.status_code == 400
+    assert still == ["HIT"] * 4
+    assert purged.status_code == 200
+    assert purged.json() == {"run_id": run, "invalidated": True}
+    assert cached(proxy, run, keys) == ["MISS"] * 4
+    assert all(b"/admin" not in seen.raw_path for seen in fake.requests)
+    assert "s3cret-admin" not in proxy.get("/metrics").text
+
+
+def test_admin_is_off_without_a_token(proxy: RunningProxy, fake: FakeLunary) -> None:
+    run = fake.add_run()
+
+    answer = proxy.client.delete(
+        f"/admin/cache/runs/{run}", headers={"Authorization": "Bearer anything"}
+    )
+
+    assert answer.status_code == 404
+    assert fake.requests == []
+
+
+def test_invalidation_is_one_generation_bump_however_many_scopes(
+    make_proxy: ProxyFactory, fake: FakeLunary, redis_url: str, redis_server: RedisServer
+) -> None:
+    proxy = make_proxy(redis_url=redis_url, admin_token="t")
+    keys = [fake.add_key() for _ in range(12)]
+    run = fake.add_run()
+    warm(proxy, run, keys)
+    client = redis_server.client()
+    client.config_resetstat()
+
+    proxy.client.delete(f"/admin/cache/runs/{run}", headers={"Authorization": "Bearer t"})
+
+    stats = client.info("commandstats")
+    assert "cmdstat_scan" not in stats
+    assert "cmdstat_keys" not in stats
+    assert stats["cmdstat_incr"]["calls"] == 1
+    generation_key = f"lcp:1:{{{run}}}:gen"
+    assert client.get(generation_key) == b"1"
+    assert client.pttl(generation_key) > 600_000  # outlives every entry written before it
+    assert cached(proxy, run, keys[:2]) == ["MISS"] * 4
