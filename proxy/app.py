@@ -16,9 +16,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from config import Settings, load_settings
 from proxy import errors, logs
+from proxy.accesslog import Access, request_id
 from proxy.admin import Admin
 from proxy.asgi import (
     ClientGone,
+    Message,
     Receive,
     Scope,
     Send,
@@ -83,9 +85,25 @@ class ProxyApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            await self._http(scope, receive, send)
+            await self._logged(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _logged(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request with its X-Request-ID (forwarded and returned) and access line."""
+        rid, scope["headers"] = request_id(scope["headers"])
+        access = Access(rid.decode("ascii"), scope["method"], scope["path"])
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                access.status = message["status"]
+                message["headers"] = [*message["headers"], (b"x-request-id", rid)]
+            await send(message)
+
+        try:
+            await self._http(scope, receive, send_with_id, access)
+        finally:
+            access.emit()
 
     # -- lifespan -------------------------------------------------------------------------
 
@@ -197,9 +215,11 @@ class ProxyApp:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send, access: Access) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         method: str = scope["method"]
+        if raw_path in OWN_PATHS or raw_path.startswith(RESERVED_PREFIX):
+            access.route = "own"
         if raw_path in OWN_PATHS:
             await self._own(raw_path, method, send)
             return
@@ -218,6 +238,7 @@ class ProxyApp:
         route = match_cached_route(raw_path)
         if route is not None and method in READ_METHODS:
             client = scope.get("client")
+            access.route = route.kind.value
             reply = await parts.reads.serve(
                 ReadRequest(
                     route=route,
@@ -228,6 +249,7 @@ class ProxyApp:
                     client_host=client[0] if client else None,
                 )
             )
+            access.cache, access.upstream_status = reply.cache, reply.upstream_status
             if reply.rest is None:
                 head = method == "HEAD"
                 await send_whole(send, reply.status, reply.headers, reply.body, head=head)
@@ -240,10 +262,16 @@ class ProxyApp:
             )
             await send_error(send, failure)
         else:
-            await self._pass(scope, receive, send, raw_path, method)
+            await self._pass(scope, receive, send, raw_path, method, access)
 
     async def _pass(
-        self, scope: Scope, receive: Receive, send: Send, raw_path: bytes, method: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        raw_path: bytes,
+        method: str,
+        access: Access,
     ) -> None:
         assert self._parts is not None
         passthrough = self._parts.passthrough
@@ -282,6 +310,7 @@ class ProxyApp:
                 send, errors.upstream_timeout() if timed_out else errors.upstream_unreachable()
             )
             return
+        access.upstream_status = response.status
         if 200 <= response.status < 300:
             # before the client hears back, so a read right after its write sees the write
             invalidator = self._parts.invalidator

@@ -25,6 +25,7 @@ class Reply:
     body: bytes = b""
     rest: AsyncGenerator[bytes, None] | None = None
     cache: str = ""
+    upstream_status: int | None = None  # what the upstream answered this request, if it was asked
 
 
 def hit(entry: Entry, judgement: Judgement) -> Reply:
@@ -54,7 +55,7 @@ def stale(
             cache_status(fwd="stale", fwd_status=upstream_status, ttl=judgement.ttl, detail=reason),
         ),
     ]
-    return Reply(entry.status, headers, entry.body, cache="stale")
+    return Reply(entry.status, headers, entry.body, cache="stale", upstream_status=upstream_status)
 
 
 def relayed(fetched: FetchedResponse, result: CacheResult, status_header: bytes) -> Reply:
@@ -63,7 +64,9 @@ def relayed(fetched: FetchedResponse, result: CacheResult, status_header: bytes)
     if fetched.status == 200 and fetched.complete:
         headers.append((b"etag", make_etag(fetched.body).encode("ascii")))
     headers += [(b"x-cache", result.value.encode()), (b"cache-status", status_header)]
-    return Reply(fetched.status, headers, fetched.body, fetched.rest, result.value.lower())
+    return Reply(
+        fetched.status, headers, fetched.body, fetched.rest, result.value.lower(), fetched.status
+    )
 
 
 def collapsed(entry: Entry, result: CacheResult, fwd: str, detail: Reason | None = None) -> Reply:
@@ -106,4 +109,4 @@ def not_modified_if_matching(reply: Reply, if_none_match: bytes) -> Reply:
     if etag is None or not if_none_match_hits(if_none_match, etag.decode("ascii")):
         return reply
     headers = [(n, v) for n, v in reply.headers if n != b"content-type"]
-    return Reply(304, headers, b"", cache=reply.cache)
+    return Reply(304, headers, b"", cache=reply.cache, upstream_status=reply.upstream_status)

@@ -183,6 +183,7 @@ class ProxyProcess:
         self._dir = tempfile.mkdtemp(prefix="lcp-proxy-")
         self._log = open(os.path.join(self._dir, "proxy.log"), "wb")  # noqa: SIM115
         self._process: subprocess.Popen[bytes] | None = None
+        self.final_log = ""  # everything it logged, kept once it has stopped
 
     def __enter__(self) -> ProxyProcess:
         import sys
@@ -218,5 +219,6 @@ class ProxyProcess:
             except subprocess.TimeoutExpired:
                 os.kill(self._process.pid, signal.SIGKILL)
                 self._process.wait(timeout=5)
+        self.final_log = self.log()
         self._log.close()
         shutil.rmtree(self._dir, ignore_errors=True)
