@@ -206,6 +206,11 @@ class ProxyProcess:
                 raise RuntimeError(f"proxy did not start:\n{self.log()}")
             time.sleep(0.05)
 
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self._process is not None, "not started"
+        return self._process
+
     def log(self) -> str:
         self._log.flush()
         with open(os.path.join(self._dir, "proxy.log"), encoding="utf-8", errors="replace") as f:
