@@ -104,7 +104,7 @@ def retry_after_seconds(
     if value is None:
         return default
     text = value.decode("latin-1").strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         seconds = float(text)
     else:
         try:

@@ -138,6 +138,9 @@ class _Fill:
     generation: int
     use_store: bool
     now: float
+    # when the entry this request saw was stored (0: none): only a newer one answers it, so a
+    # `no-cache` refresh is never handed back the entry it asked to replace
+    seen: float = 0.0
 
 
 @dataclass(slots=True)
@@ -156,6 +159,7 @@ class _Plan:
 
     generation: int
     use_store: bool
+    bucket: str
     stale: tuple[Entry, Judgement] | None
     result: CacheResult
     fwd: str
@@ -194,7 +198,8 @@ class CachedReads:
         self._coordination = coordination
         self._clock = clock
         self._fills: SingleFlight[EntryKey, _Filled, _Plan] = SingleFlight(tasks)
-        self._lookups: dict[EntryKey, asyncio.Future[Lookup]] = {}
+        self._lookups: dict[EntryKey, asyncio.Task[Lookup]] = {}
+        self._tasks = tasks
         self._refreshes: SingleFlight[EntryKey, _Filled, None] = SingleFlight(tasks)
 
     async def serve(self, request: ReadRequest) -> Reply:
@@ -217,7 +222,9 @@ class CachedReads:
             reply = await self._coalesced_reply(fill, plan)
         elif wants.no_store:
             fill = self._fill_for(request, facts, key, now, generation=0, use_store=False)
-            plan = _Plan(0, False, None, CacheResult.BYPASS, "bypass", Reason.CLIENT_NO_STORE)
+            plan = _Plan(
+                0, False, fill.bucket, None, CacheResult.BYPASS, "bypass", Reason.CLIENT_NO_STORE
+            )
             reply = await self._own_fill_reply(fill, plan)
         else:
             reply = await self._read_through(request, facts, key, now, refresh=wants.no_cache)
@@ -233,7 +240,9 @@ class CachedReads:
             found = await self._lookup(key)
         except StoreError:
             fill = self._fill_for(request, facts, key, now, generation=0, use_store=False)
-            plan = _Plan(0, False, None, CacheResult.BYPASS, "bypass", Reason.STORE_UNAVAILABLE)
+            plan = _Plan(
+                0, False, fill.bucket, None, CacheResult.BYPASS, "bypass", Reason.STORE_UNAVAILABLE
+            )
             return await self._coalesced_reply(fill, plan)
         stale: tuple[Entry, Judgement] | None = None
         if found.entry is not None:
@@ -243,11 +252,13 @@ class CachedReads:
             if judgement.freshness is not Freshness.EXPIRED and found.entry.status == 200:
                 stale = (found.entry, judgement)
         fill = self._fill_for(request, facts, key, now, found.generation, use_store=True)
+        if found.entry is not None:
+            fill.seen = found.entry.stored_at
         if stale is not None and not refresh:
             self._refresh_in_background(fill)
             return replies.stale(*stale, Reason.REVALIDATING)
         fwd = "request" if refresh else ("stale" if found.entry is not None else "miss")
-        plan = _Plan(found.generation, True, stale, CacheResult.MISS, fwd)
+        plan = _Plan(found.generation, True, fill.bucket, stale, CacheResult.MISS, fwd)
         return await self._coalesced_reply(fill, plan)
 
     async def _lookup(self, key: EntryKey) -> Lookup:
@@ -257,27 +268,21 @@ class CachedReads:
         keeps it to one store round trip per key and process instead of one per request.
         """
         pending = self._lookups.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        pending = asyncio.get_running_loop().create_future()
-        self._lookups[key] = pending
-        try:
-            found = await self._store.lookup(key)
-        except BaseException as exc:
-            pending.set_exception(exc if isinstance(exc, StoreError) else StoreError("lookup"))
-            pending.exception()  # retrieved: no "exception was never retrieved" if nobody waits
-            raise
-        else:
-            pending.set_result(found)
-            return found
-        finally:
-            del self._lookups[key]
+        if pending is None:
+            # a task of its own: one caller going away must not cancel the others' lookup
+            pending = self._tasks.spawn(self._store.lookup(key), name="lookup")
+            self._lookups[key] = pending
+            pending.add_done_callback(lambda done: self._lookups.pop(key, None))
+        return await asyncio.shield(pending)
 
     # -- fills ----------------------------------------------------------------------------
 
     async def _coalesced_reply(self, fill: _Fill, plan: _Plan) -> Reply:
         """Join the fill in flight for this key, or lead one; fall back to our own on timeout."""
         stale = plan.stale
+        in_flight = self._fills.peek(fill.key)
+        # a 429 (or a cooldown) belongs to the leader's rate bucket, not necessarily to ours
+        same_bucket = in_flight is None or in_flight[1].bucket == fill.bucket
         task, leading = self._fills.join(fill.key, lambda: self._fill(fill, wait=True), plan)
         try:
             if leading:
@@ -289,8 +294,10 @@ class CachedReads:
                 )
         except TimeoutError:
             self._metrics.coalesced("timeout")
-            return await self._own_fill_reply(fill, plan)
+            return await self._own_fill_reply(fill, plan, coordinate=False)
         except (UpstreamError, RateLimited) as exc:
+            if isinstance(exc, RateLimited) and not same_bucket:
+                return await self._own_fill_reply(fill, plan, coordinate=False)
             return self._failed(exc, stale, plan.result)
         if stale is not None and _upstream_failed(filled):
             return await _stale_instead(filled, stale, close=leading)
@@ -302,24 +309,25 @@ class CachedReads:
             return await self._own_fill_reply(fill, plan)
         return replies.collapsed(shared, plan.result, plan.fwd, plan.detail)
 
-    async def _own_fill_reply(self, fill: _Fill, plan: _Plan) -> Reply:
+    async def _own_fill_reply(self, fill: _Fill, plan: _Plan, *, coordinate: bool = True) -> Reply:
         try:
-            filled = await self._fill(fill, wait=True)
+            filled = await self._fill(fill, wait=True, coordinate=coordinate)
         except (UpstreamError, RateLimited) as exc:
             return self._failed(exc, plan.stale, plan.result)
         if plan.stale is not None and _upstream_failed(filled):
             return await _stale_instead(filled, plan.stale, close=True)
         return self._reply_for_leader(filled, plan)
 
-    async def _fill(self, fill: _Fill, *, wait: bool) -> _Filled:
-        """Fetch and store, unless another replica already is: then (if `wait`) take its entry."""
-        try:
-            await self._cooldowns.check(fill.bucket, fill.now)
-        except RateLimited:
-            self._metrics.cooldown_rejection()
-            raise
+    async def _fill(self, fill: _Fill, *, wait: bool, coordinate: bool = True) -> _Filled:
+        """Fetch and store, unless another replica already is: then (if `wait`) take its entry.
+
+        `coordinate=False` skips the cross-replica lock: for a request that already waited its
+        coalesce timeout and must now fetch on its own, at once.
+        """
+        await self._check_cooldown(fill)
         token: str | None = None
-        if fill.use_store:
+        followed_another = False
+        if fill.use_store and coordinate:
             with self._store.watch_fill(fill.key) as landed:
                 token = mine = secrets.token_hex(8)
                 try:
@@ -331,20 +339,52 @@ class CachedReads:
                 if not leading:
                     if not wait:
                         return _Filled(None, None)
-                    followed = await self._follow(fill.key, mine, landed)
+                    followed = await self._follow(fill, mine, landed)
+                    followed_another = True
                     if isinstance(followed, Entry):
                         self._metrics.coalesced("replica")
                         return _Filled(None, followed)
                     if not followed:
                         self._metrics.coalesced("timeout")
                         token = None  # the lock is still another replica's: fetch on our own
+                elif token is not None:
+                    # another replica may have stored the entry between our lookup and the lock
+                    landed_meanwhile = await self._fresh_entry(fill)
+                    if landed_meanwhile is not None:
+                        await self._release(fill.key, token)
+                        self._metrics.coalesced("replica")
+                        return _Filled(None, landed_meanwhile)
         try:
+            if followed_another:
+                await self._check_cooldown(fill)  # the leader we waited for may have met a 429
             fetched = await self._fetch(fill)
         except BaseException:
             if token is not None:
                 await self._release(fill.key, token)
             raise
         return await self._keep(fill, fetched, token)
+
+    async def _check_cooldown(self, fill: _Fill) -> None:
+        try:
+            await self._cooldowns.check(fill.bucket, self._clock())
+        except RateLimited:
+            self._metrics.cooldown_rejection()
+            raise
+
+    async def _fresh_entry(self, fill: _Fill) -> Entry | None:
+        """A fresh entry stored after the one this fill's request saw, if there is one now."""
+        try:
+            found = await self._store.lookup(fill.key)
+        except StoreError:
+            return None
+        return found.entry if self._answers(found.entry, fill) else None
+
+    def _answers(self, entry: Entry | None, fill: _Fill) -> bool:
+        return (
+            entry is not None
+            and entry.stored_at > fill.seen
+            and judge(entry, self._clock()).ttl > 0
+        )
 
     async def _fetch(self, fill: _Fill) -> FetchedResponse:
         started = time.perf_counter()
@@ -396,7 +436,7 @@ class CachedReads:
             await self._store.end_fill(key, token, None)
 
     async def _follow(
-        self, key: EntryKey, token: str, landed: asyncio.Future[None] | None
+        self, fill: _Fill, token: str, landed: asyncio.Future[None] | None
     ) -> Entry | bool:
         """Wait, bounded, for the replica holding the fill lock.
 
@@ -409,11 +449,11 @@ class CachedReads:
         try:
             while True:
                 # the lock is released in the same step that stores the entry, so look first
-                found = await self._store.lookup(key)
-                if found.entry is not None and judge(found.entry, self._clock()).ttl > 0:
+                found = await self._store.lookup(fill.key)
+                if found.entry is not None and self._answers(found.entry, fill):
                     return found.entry
                 lease = self._coordination.lock_lease
-                if not first and await self._store.begin_fill(key, token, lease):
+                if not first and await self._store.begin_fill(fill.key, token, lease):
                     return True
                 first = False
                 remaining = deadline - loop.time()
@@ -478,6 +518,10 @@ class CachedReads:
         fetched = filled.fetched
         if fetched is None or not fetched.complete:
             return None
+        if fetched.status == 429:
+            # rate limits are per bucket: the waiter asks for itself, and its own cooldown
+            # answers it (with Retry-After) if it shares the leader's bucket
+            return None
         if any(name == b"set-cookie" for name, _ in fetched.headers):
             return None
         return Entry(
@@ -538,7 +582,12 @@ def _close_unread_body(task: asyncio.Task[_Filled]) -> None:
         return
     fetched = task.result().fetched
     if fetched is not None and fetched.rest is not None:
-        asyncio.get_running_loop().create_task(fetched.rest.aclose())
+        _closing.add(closer := asyncio.get_running_loop().create_task(fetched.rest.aclose()))
+        closer.add_done_callback(_closing.discard)
+
+
+# strong references to body-closing tasks until they finish (asyncio keeps only weak ones)
+_closing: set[asyncio.Task[None]] = set()
 
 
 def _content_type(headers: list[Header]) -> str:

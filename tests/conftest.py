@@ -13,7 +13,12 @@ import pytest
 from config import Settings
 from proxy.app import ProxyApp, create_app
 from tests.fake_lunary import FakeLunary
-from tests.servers import RedisServer, ServerThread
+from tests.servers import (
+    RedisClusterServers,
+    RedisServer,
+    ServerThread,
+    make_tls_files,
+)
 
 SCOPE_SECRET = "test-scope-secret"
 
@@ -24,6 +29,32 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server that speaks TLS only, with a self-signed CA."""
+    server = RedisServer(tls=make_tls_files(str(tmp_path_factory.mktemp("tls"))))
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers() -> Iterator[RedisClusterServers]:
+    """A 3-master Redis Cluster on loopback ports."""
+    cluster = RedisClusterServers()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster_servers: RedisClusterServers) -> str:
+    redis_cluster_servers.flush()
+    return redis_cluster_servers.url
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -110,20 +111,33 @@ class DroppingServer:
 
 
 class RedisServer:
-    """A redis-server process on a free loopback port that a test may stop and start again."""
+    """A redis-server process on a free loopback port that a test may stop and start again.
 
-    def __init__(self, *extra_args: str) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+    With `tls` (a TlsFiles), it listens for TLS only, with a certificate for 127.0.0.1.
+    """
+
+    def __init__(self, *extra_args: str, tls: TlsFiles | None = None, port: int = 0) -> None:
+        self.port = port or free_port()
+        self.tls = tls
+        if tls is None:
+            self.url = f"redis://127.0.0.1:{self.port}/0"
+        else:
+            self.url = f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={tls.ca}"
+            extra_args = (
+                "--port", "0", "--tls-port", str(self.port), "--tls-cert-file", tls.cert,
+                "--tls-key-file", tls.key, "--tls-ca-cert-file", tls.ca,
+                "--tls-auth-clients", "no", *extra_args,
+            )  # fmt: skip
         self._extra = extra_args
         self._dir = tempfile.mkdtemp(prefix="lcp-redis-")
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        port_args = () if self.tls else ("--port", str(self.port))
         self._process = subprocess.Popen(
             [
                 redis_binary(),
-                "--port", str(self.port),
+                *port_args,
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "no",
@@ -159,6 +173,11 @@ class RedisServer:
         return self._process is not None and self._process.poll() is None
 
     def client(self) -> redis.Redis:
+        if self.tls is not None:
+            return redis.Redis(
+                port=self.port, host="127.0.0.1", socket_timeout=2, ssl=True,
+                ssl_ca_certs=self.tls.ca,
+            )  # fmt: skip
         return redis.Redis(port=self.port, host="127.0.0.1", socket_timeout=2)
 
     @contextlib.contextmanager
@@ -227,3 +246,76 @@ class ProxyProcess:
         self.final_log = self.log()
         self._log.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: str
+    cert: str
+    key: str
+
+
+def make_tls_files(directory: str) -> TlsFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=lcp-test-ca", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
+    with open(os.path.join(directory, "san.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.cnf",
+            "-out", "server.crt")  # fmt: skip
+    return TlsFiles(*(os.path.join(directory, n) for n in ("ca.crt", "server.crt", "server.key")))
+
+
+def cluster_port() -> int:
+    """A free port whose cluster-bus port (+10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisClusterServers:
+    """Three masters on loopback, joined with `redis-cli --cluster create`."""
+
+    def __init__(self) -> None:
+        cluster_args = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+        self.nodes = [RedisServer(*cluster_args, port=cluster_port()) for _ in range(3)]
+        self.url = self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create",
+             *(f"127.0.0.1:{node.port}" for node in self.nodes),
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not all(
+            node.client().cluster("info")["cluster_state"] == "ok" for node in self.nodes
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test Redis Cluster did not become ready")
+            time.sleep(0.2)
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            node.client().flushall()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()

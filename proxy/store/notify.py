@@ -13,7 +13,6 @@ import logging
 from collections.abc import Iterator
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
 
 log = logging.getLogger("proxy.store")
 
@@ -50,6 +49,8 @@ class FillNotices:
         while True:
             pubsub = self._client.pubsub()
             try:
+                if isinstance(self._client, RedisCluster):
+                    await self._client.initialize()  # its pub/sub needs the slot map first
                 await pubsub.subscribe(self._channel)
                 self.subscribed.set()
                 attempt = 0
@@ -57,7 +58,7 @@ class FillNotices:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._wake(message["data"])
-            except (RedisError, RedisClusterException, OSError) as exc:
+            except Exception as exc:  # the listener must outlive any client error
                 self.subscribed.clear()
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 attempt += 1
@@ -65,7 +66,7 @@ class FillNotices:
                 await asyncio.sleep(delay)
             finally:
                 self.subscribed.clear()
-                with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:

@@ -49,11 +49,15 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return generation
 """
 # KEYS: entry, lock, wait flag. ARGV: encoded entry or '', ttl ms, token, channel.
-# Compare-and-delete: a slow leader whose lease ran out never releases a newer leader's lock.
+# Compare-and-delete: a slow leader whose lease ran out never releases a newer leader's lock,
+# nor takes the wake-up that newer leader owes its waiters.
 END_FILL = """
 if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
-if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
-if redis.call('DEL', KEYS[3]) == 1 then redis.call('PUBLISH', ARGV[4], KEYS[1]) end
+local holder = redis.call('GET', KEYS[2])
+if holder == ARGV[3] then redis.call('DEL', KEYS[2]) end
+if (holder == ARGV[3] or not holder) and redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('PUBLISH', ARGV[4], KEYS[1])
+end
 return 1
 """
 

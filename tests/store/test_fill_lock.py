@@ -95,3 +95,23 @@ async def test_uncontended_fills_publish_nothing(
         assert not landed.done()  # nobody flagged a wait, so nothing was announced
     assert published == 2  # both replicas listen: silence is the leader's choice
     assert "cmdstat_publish" not in redis_server.client().info("commandstats")
+
+
+async def test_a_stale_leader_does_not_take_the_wake_up_a_newer_leader_owes(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    assert await a.store.begin_fill(KEY, "stale-leader", lease=0.2)
+    await asyncio.sleep(0.3)
+    assert await a.store.begin_fill(KEY, "newer-leader", lease=5)
+
+    with b.store.watch_fill(KEY) as landed:
+        assert landed is not None
+        assert await b.store.begin_fill(KEY, "waiter", lease=5) is False
+        await a.store.end_fill(KEY, "stale-leader", None)  # lease long gone
+        await asyncio.sleep(0.2)
+        woken_early = landed.done()
+        await a.store.end_fill(KEY, "newer-leader", ENTRY)
+        await asyncio.wait_for(landed, 2)
+
+    assert not woken_early
