@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "PROXY_"
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
 
 Seconds = Annotated[float, Field(ge=0)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -85,6 +85,8 @@ class Settings(BaseSettings):
         if scheme not in REDIS_SCHEMES:
             allowed = ", ".join(f"{s}://" for s in sorted(REDIS_SCHEMES))
             raise ValueError(f"unknown scheme {scheme!r}; expected one of {allowed}")
+        if scheme == "redis+sentinel" and not value.split("://", 1)[1].partition("/")[2].strip("/"):
+            raise ValueError("a redis+sentinel:// URL must name the service: .../service_name")
         return value
 
     @property

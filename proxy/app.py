@@ -39,10 +39,11 @@ from proxy.policy import Lifetimes
 from proxy.ports import Store, StoreError, Upstream, UpstreamError, UpstreamTimeout
 from proxy.ratelimit import Cooldowns, RateLimited
 from proxy.scope import ScopeHasher
+from proxy.store.connection import connect
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
 from proxy.store.notify import FillNotices
-from proxy.store.redis import FILLED_CHANNEL, RedisStore, connect
+from proxy.store.redis import FILLED_CHANNEL, RedisStore
 from proxy.tasks import TaskSet
 from proxy.upstream import HttpxUpstream
 

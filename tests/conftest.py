@@ -15,6 +15,7 @@ from proxy.app import ProxyApp, create_app
 from tests.fake_lunary import FakeLunary
 from tests.servers import (
     RedisClusterServers,
+    RedisSentinelServers,
     RedisServer,
     ServerThread,
     make_tls_files,
@@ -49,6 +50,17 @@ def redis_cluster_servers() -> Iterator[RedisClusterServers]:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelServers]:
+    """A master, a replica and a sentinel on loopback ports."""
+    servers = RedisSentinelServers()
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.close()
 
 
 @pytest.fixture

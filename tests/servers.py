@@ -319,3 +319,50 @@ class RedisClusterServers:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+
+
+class RedisSentinelServers:
+    """A master, a replica and one sentinel watching them, all on loopback."""
+
+    SERVICE = "lcp-master"
+
+    def __init__(self) -> None:
+        self.master = RedisServer()
+        self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.master.port))
+        self.sentinel_port = free_port()
+        self.url = f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.SERVICE}/0"
+        self._dir = tempfile.mkdtemp(prefix="lcp-sentinel-")
+        self._sentinel: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.master.start()
+        self.replica.start()
+        conf = os.path.join(self._dir, "sentinel.conf")
+        with open(conf, "w") as f:
+            f.write(
+                f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self._dir}\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} 5000\n"
+            )
+        self._sentinel = subprocess.Popen(
+            [redis_binary(), conf, "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.sentinel_port, host="127.0.0.1", socket_timeout=2)
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(redis.RedisError):
+                if client.sentinel_get_master_addr_by_name(self.SERVICE):
+                    return
+            if self._sentinel.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the test sentinel did not start")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        if self._sentinel is not None and self._sentinel.poll() is None:
+            os.kill(self._sentinel.pid, signal.SIGKILL)
+            self._sentinel.wait(timeout=10)
+        self.replica.close()
+        self.master.close()
+        shutil.rmtree(self._dir, ignore_errors=True)

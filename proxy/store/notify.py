@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 from redis.asyncio import Redis, RedisCluster
 
+from proxy.store.connection import close_client
+
 log = logging.getLogger("proxy.store")
 
 RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0)
@@ -70,7 +72,7 @@ class FillNotices:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await close_client(self._client)
 
     def _wake(self, data: object) -> None:
         if not isinstance(data, bytes):

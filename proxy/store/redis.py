@@ -17,22 +17,18 @@ import contextlib
 import hashlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
 from proxy.model import Entry, EntryKey, Lookup
 from proxy.ports import StoreError
 from proxy.store import codec
+from proxy.store.connection import close_client
 from proxy.store.notify import FillNotices
 
 # what a failing or unreachable Redis (or Cluster) raises; all of it becomes StoreError
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
-POOL_SIZE = 64
 KEY_PREFIX = "lcp:1:"
 FILLED_CHANNEL = KEY_PREFIX + "filled"
 
@@ -85,28 +81,6 @@ def wait_redis_key(key: EntryKey) -> str:
 def cooldown_redis_key(bucket: str) -> str:
     digest = hashlib.blake2b(bucket.encode(), digest_size=12).hexdigest()
     return f"{KEY_PREFIX}cooldown:{{{digest}}}"
-
-
-def connect(url: str, *, cluster: bool, timeout: float | None) -> Redis | RedisCluster:
-    """A client whose calls the caller bounds with one timeout.
-
-    It retries once, at once, and only on a connection error: after Redis restarts, every pooled
-    connection is dead and would otherwise fail one request each. A timeout is never retried.
-    `timeout=None` is for the pub/sub listener, which waits on its socket for as long as it likes.
-    """
-    options: dict[str, Any] = {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout or 5.0,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    }
-    if cluster:
-        return RedisCluster.from_url(url, **options)
-    # a burst waits (within the caller's timeout) for one of a bounded set of connections,
-    # rather than failing at once past redis-py's default cap or opening hundreds of them
-    pool = BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, timeout=timeout, health_check_interval=0, **options
-    )
-    return Redis.from_pool(pool)
 
 
 class RedisStore:
@@ -219,7 +193,7 @@ class RedisStore:
             raise StoreError(f"ping failed: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await close_client(self._client)
 
 
 def _ms(seconds: float) -> int:

@@ -8,7 +8,13 @@ from tests.conftest import ProxyFactory
 from tests.e2e.test_invalidation import cached, warm
 from tests.e2e.test_stampede import SECRET, burst
 from tests.fake_lunary import FakeLunary
-from tests.servers import ProxyProcess, RedisClusterServers, RedisServer, ServerThread
+from tests.servers import (
+    ProxyProcess,
+    RedisClusterServers,
+    RedisSentinelServers,
+    RedisServer,
+    ServerThread,
+)
 
 
 def test_tls_store(make_proxy: ProxyFactory, fake: FakeLunary, tls_redis: RedisServer) -> None:
@@ -64,3 +70,21 @@ async def test_cluster_coalesces_across_replicas(
 
     assert {x.status_code for x in answers} == {200}
     assert fake.count(run) == 1
+
+
+def test_sentinel_store_finds_the_master_and_invalidates(
+    make_proxy: ProxyFactory, fake: FakeLunary, redis_sentinel: RedisSentinelServers
+) -> None:
+    redis_sentinel.master.client().flushall()
+    proxy = make_proxy(redis_url=redis_sentinel.url, admin_token="t")
+    keys = [fake.add_key(), fake.add_key()]
+    run = fake.add_run()
+
+    warm(proxy, run, keys)
+    on_master = list(redis_sentinel.master.client().scan_iter(f"*{run}*"))
+    purged = proxy.client.delete(f"/admin/cache/runs/{run}", headers={"Authorization": "Bearer t"})
+
+    assert len(on_master) == 4
+    assert purged.status_code == 200
+    assert cached(proxy, run, keys) == ["MISS"] * 4
+    assert proxy.get("/readyz").status_code == 200

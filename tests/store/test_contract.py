@@ -9,8 +9,9 @@ import pytest
 
 from proxy.model import Entry, EntryKey
 from proxy.ports import Store
+from proxy.store.connection import connect
 from proxy.store.memory import MemoryStore
-from proxy.store.redis import RedisStore, connect
+from proxy.store.redis import RedisStore
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 BODY = '{"id":"a0eebc99","text":"héllo ✓"}'.encode() + bytes(range(256))

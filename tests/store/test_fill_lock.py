@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from proxy.model import Entry, EntryKey
+from proxy.store.connection import connect
 from proxy.store.notify import FillNotices
-from proxy.store.redis import FILLED_CHANNEL, RedisStore, connect, entry_redis_key
+from proxy.store.redis import FILLED_CHANNEL, RedisStore, entry_redis_key
 from tests.servers import RedisServer
 
 KEY = EntryKey("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "run:scope")

@@ -9,7 +9,8 @@ import pytest
 
 from proxy.model import Entry, EntryKey
 from proxy.ports import StoreError
-from proxy.store.redis import RedisStore, connect, entry_redis_key, generation_redis_key
+from proxy.store.connection import connect
+from proxy.store.redis import RedisStore, entry_redis_key, generation_redis_key
 from tests.servers import RedisServer, free_port
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"

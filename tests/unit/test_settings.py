@@ -86,3 +86,19 @@ def test_secrets_are_not_shown_in_errors(monkeypatch: pytest.MonkeyPatch) -> Non
 
     assert "hunter2" not in str(raised.value)
     assert "hunter2" not in repr(Settings(port=1))
+
+
+def test_sentinel_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.store.connection import parse_sentinel_url
+
+    monkeypatch.setenv("PROXY_REDIS_URL", "redis+sentinel://:pw@10.0.0.1:26379,s2:26380/main/2")
+    assert load_settings().redis_url.startswith("redis+sentinel://")
+    assert parse_sentinel_url(load_settings().redis_url) == (
+        [("10.0.0.1", 26379), ("s2", 26380)],
+        "main",
+        2,
+        "pw",
+    )
+    monkeypatch.setenv("PROXY_REDIS_URL", "redis+sentinel://s1:26379")
+    with pytest.raises(ConfigError, match=r"PROXY_REDIS_URL: .*service"):
+        load_settings()
