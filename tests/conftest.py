@@ -122,9 +122,13 @@ def make_proxy(upstream: ServerThread) -> Iterator[ProxyFactory]:
         yield start
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def proxy(request: pytest.FixtureRequest, make_proxy: ProxyFactory) -> RunningProxy:
-    """A default proxy, once on the embedded store and once on a real Redis."""
+    """A default proxy on the embedded store, on a real Redis and on a 3-master Cluster."""
     if request.param == "redis":
         return make_proxy(redis_url=request.getfixturevalue("redis_url"))
+    if request.param == "cluster":
+        return make_proxy(
+            redis_url=request.getfixturevalue("redis_cluster_url"), redis_cluster=True
+        )
     return make_proxy()

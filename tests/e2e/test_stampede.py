@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import ProxyFactory
+from tests.e2e.test_metrics import value
 from tests.fake_lunary import FakeLunary
 from tests.servers import ProxyProcess, ServerThread
 
@@ -59,6 +60,8 @@ async def test_concurrent_misses_in_one_process_cost_one_upstream_request(
     statuses = [a.headers["cache-status"] for a in answers]
     assert sum("collapsed" in s for s in statuses) == 49
     assert all(a.headers["x-cache"] == "MISS" for a in answers)
+    metrics = proxy.get("/metrics").text
+    assert value(metrics, "lunary_proxy_coalesced_waits_total", outcome="joined") == 49
 
 
 async def test_concurrent_misses_across_replicas_cost_one_upstream_request(
