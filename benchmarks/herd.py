@@ -16,7 +16,7 @@ from collections import Counter
 
 from benchmarks.rawhttp import Connection
 from tests.fake_lunary import FakeLunary
-from tests.servers import ProxyProcess, RedisServer, ServerThread
+from tests.servers import ProxyProcess, RedisServer, ServerThread, replica_settings
 
 
 async def wave(
@@ -58,12 +58,7 @@ async def main(args: argparse.Namespace) -> None:
     redis.start()
     try:
         with ServerThread(fake) as upstream:
-            settings = {
-                "PROXY_UPSTREAM_URL": upstream.url,
-                "PROXY_REDIS_URL": redis.url,
-                "PROXY_SCOPE_SECRET": "herd-benchmark",
-                "PROXY_LOG_LEVEL": "warning",
-            }
+            settings = replica_settings(upstream.url, redis.url)
             procs = [ProxyProcess(**settings) for _ in range(args.proxies)]
             for proc in procs:
                 proc.__enter__()

@@ -190,6 +190,21 @@ class RedisServer:
             self.start()
 
 
+def replica_settings(upstream_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """PROXY_* settings for replicas sharing one store and one scope secret (so one cache).
+
+    `extra` takes setting names without the prefix: `cache_ttl="3"` is PROXY_CACHE_TTL.
+    """
+    settings = {
+        "PROXY_UPSTREAM_URL": upstream_url,
+        "PROXY_REDIS_URL": redis_url,
+        "PROXY_SCOPE_SECRET": "shared-scope-secret",
+        "PROXY_LOG_LEVEL": "warning",
+    }
+    settings.update({f"PROXY_{name.upper()}": value for name, value in extra.items()})
+    return settings
+
+
 class ProxyProcess:
     """`python -m proxy` in its own process on a free loopback port, stopped by its PID."""
 

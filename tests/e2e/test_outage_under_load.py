@@ -8,9 +8,8 @@ import time
 
 import httpx
 
-from tests.e2e.test_stampede import SECRET
 from tests.fake_lunary import FakeLunary
-from tests.servers import ProxyProcess, RedisServer, ServerThread
+from tests.servers import ProxyProcess, RedisServer, ServerThread, replica_settings
 
 LOAD_SECONDS = 3.0
 WORKERS = 12
@@ -24,13 +23,7 @@ async def test_clients_see_no_errors_while_redis_dies_and_returns(
 ) -> None:
     keys = [fake.add_key() for _ in range(2)]
     paths = [f"/v1/runs/{fake.add_run()}" for _ in range(20)]
-    settings = {
-        "PROXY_UPSTREAM_URL": upstream.url,
-        "PROXY_REDIS_URL": redis_url,
-        "PROXY_SCOPE_SECRET": SECRET,
-        "PROXY_REDIS_TIMEOUT": "0.25",
-        "PROXY_LOG_LEVEL": "error",
-    }
+    settings = replica_settings(upstream.url, redis_url, redis_timeout="0.25", log_level="error")
     results: list[tuple[float, int, str, float]] = []
     readiness: list[int] = []
     with ProxyProcess(**settings) as a, ProxyProcess(**settings) as b:

@@ -12,21 +12,13 @@ import pytest
 from tests.conftest import ProxyFactory
 from tests.e2e.test_metrics import value
 from tests.fake_lunary import FakeLunary
-from tests.servers import ProxyProcess, ServerThread
-
-SECRET = "shared-scope-secret"
+from tests.servers import ProxyProcess, ServerThread, replica_settings
 
 
 @pytest.fixture
 def replicas(upstream: ServerThread, redis_url: str) -> Iterator[list[ProxyProcess]]:
     """Three proxy processes sharing one redis-server, in front of the fake upstream."""
-    settings = {
-        "PROXY_UPSTREAM_URL": upstream.url,
-        "PROXY_REDIS_URL": redis_url,
-        "PROXY_SCOPE_SECRET": SECRET,
-        "PROXY_UPSTREAM_TIMEOUT": "5",
-        "PROXY_LOG_LEVEL": "warning",
-    }
+    settings = replica_settings(upstream.url, redis_url, upstream_timeout="5")
     procs = [ProxyProcess(**settings) for _ in range(3)]
     for proc in procs:
         proc.__enter__()
@@ -99,12 +91,7 @@ async def test_waiters_fall_back_after_the_coalesce_timeout_and_the_leader_still
 ) -> None:
     key, run = fake.add_key(), fake.add_run()
     fake.latency = 1.0
-    settings = {
-        "PROXY_UPSTREAM_URL": upstream.url,
-        "PROXY_REDIS_URL": redis_url,
-        "PROXY_SCOPE_SECRET": SECRET,
-        "PROXY_COALESCE_TIMEOUT": "0.2",
-    }
+    settings = replica_settings(upstream.url, redis_url, coalesce_timeout="0.2")
     with ProxyProcess(**settings) as first, ProxyProcess(**settings) as second:
         async with httpx.AsyncClient(timeout=10) as client:
             leader = asyncio.create_task(client.get(f"{first.url}/v1/runs/{run}",
@@ -144,14 +131,7 @@ async def test_stale_entries_are_served_while_one_refresh_runs_cluster_wide(
     upstream: ServerThread, redis_url: str, fake: FakeLunary
 ) -> None:
     key, run = fake.add_key(), fake.add_run()
-    settings = {
-        "PROXY_UPSTREAM_URL": upstream.url,
-        "PROXY_REDIS_URL": redis_url,
-        "PROXY_SCOPE_SECRET": SECRET,
-        "PROXY_CACHE_TTL": "3",
-        "PROXY_STALE_TTL": "60",
-        "PROXY_LOG_LEVEL": "warning",
-    }
+    settings = replica_settings(upstream.url, redis_url, cache_ttl="3", stale_ttl="60")
     with (
         ProxyProcess(**settings) as a,
         ProxyProcess(**settings) as b,

@@ -6,7 +6,7 @@ import asyncio
 
 from tests.conftest import ProxyFactory
 from tests.e2e.test_invalidation import cached, warm
-from tests.e2e.test_stampede import SECRET, burst
+from tests.e2e.test_stampede import burst
 from tests.fake_lunary import FakeLunary
 from tests.servers import (
     ProxyProcess,
@@ -14,6 +14,7 @@ from tests.servers import (
     RedisSentinelServers,
     RedisServer,
     ServerThread,
+    replica_settings,
 )
 
 
@@ -58,12 +59,7 @@ async def test_cluster_coalesces_across_replicas(
 ) -> None:
     key, run = fake.add_key(), fake.add_run()
     fake.latency = 0.3
-    settings = {
-        "PROXY_UPSTREAM_URL": upstream.url,
-        "PROXY_REDIS_URL": redis_cluster_url,
-        "PROXY_REDIS_CLUSTER": "true",
-        "PROXY_SCOPE_SECRET": SECRET,
-    }
+    settings = replica_settings(upstream.url, redis_cluster_url, redis_cluster="true")
     with ProxyProcess(**settings) as a, ProxyProcess(**settings) as b:
         answers = await burst([a.url, b.url], f"/v1/runs/{run}", {"X-API-Key": key}, 40)
         await asyncio.sleep(0)

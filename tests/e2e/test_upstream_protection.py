@@ -8,9 +8,9 @@ import time
 import httpx
 
 from tests.conftest import ProxyFactory
-from tests.e2e.test_stampede import SECRET, burst
+from tests.e2e.test_stampede import burst
 from tests.fake_lunary import FakeLunary
-from tests.servers import DroppingServer, ProxyProcess, ServerThread
+from tests.servers import DroppingServer, ProxyProcess, ServerThread, replica_settings
 
 
 async def test_a_429_cools_its_bucket_down_on_every_replica(
@@ -19,11 +19,7 @@ async def test_a_429_cools_its_bucket_down_on_every_replica(
     key, run, other_run = fake.add_key(), fake.add_run(), fake.add_run()
     fake.limited_buckets = {"198.51.100.7"}
     fake.retry_after = "3"
-    settings = {
-        "PROXY_UPSTREAM_URL": upstream.url,
-        "PROXY_REDIS_URL": redis_url,
-        "PROXY_SCOPE_SECRET": SECRET,
-    }
+    settings = replica_settings(upstream.url, redis_url)
     limited = {"X-API-Key": key, "X-Forwarded-For": "198.51.100.7"}
     other_bucket = {"X-API-Key": key, "X-Forwarded-For": "203.0.113.9"}
     with ProxyProcess(**settings) as a, ProxyProcess(**settings) as b:
