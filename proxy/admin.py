@@ -26,7 +26,7 @@ class Admin:
     async def handle(
         self, method: str, raw_path: bytes, headers: list[Header]
     ) -> tuple[int, bytes, tuple[Header, ...]] | ProxyErrorReply:
-        if not self._token or not raw_path.startswith(PURGE_PREFIX):
+        if not self._token or not raw_path.startswith(PURGE_PREFIX):  # exact spelling only
             return errors.not_found()
         refused = self._refuse(headers)
         if refused is not None:

@@ -34,7 +34,7 @@ from proxy.invalidation import Invalidator
 from proxy.lifecycle import CachedReads, Coordination, ReadRequest
 from proxy.metrics import Metrics
 from proxy.passthrough import Passthrough, RequestTooLarge
-from proxy.paths import check_path, match_cached_route, match_run_write
+from proxy.paths import check_path, is_own_surface, match_cached_route, match_run_write
 from proxy.policy import Lifetimes
 from proxy.ports import Store, StoreError, Upstream, UpstreamError, UpstreamTimeout
 from proxy.ratelimit import Cooldowns, RateLimited
@@ -50,7 +50,6 @@ from proxy.upstream import HttpxUpstream
 log = logging.getLogger("proxy")
 READ_METHODS = frozenset({"GET", "HEAD"})
 OWN_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
-RESERVED_PREFIX = b"/admin/"
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # bodies of Lunary events: their runIds (and parents) are dropped after a successful ingest
 INGEST_PATHS = frozenset({b"/v1/runs/ingest", b"/api/report", b"/v1/traces"})
@@ -132,9 +131,6 @@ class ProxyApp:
         store = GuardedStore(self._open_store(notices), self.metrics)
         upstream = HttpxUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
         cooldowns = Cooldowns(store)
-        invalidator = Invalidator(
-            store, self.metrics, keep_for=s.cache_ttl + s.stale_ttl + s.upstream_timeout + 1
-        )
         lifetimes = Lifetimes(
             cache_ttl=s.cache_ttl,
             stale_ttl=s.stale_ttl,
@@ -147,18 +143,20 @@ class ProxyApp:
             lock_lease=s.upstream_timeout + 1,
             coalesce_timeout=s.effective_coalesce_timeout,
         )
+        reads = CachedReads(
+            store, upstream, self._hasher, lifetimes, self.metrics, tasks, cooldowns, coordination
+        )
+        invalidator = Invalidator(
+            store,
+            self.metrics,
+            # the generation outlives every entry written under an older one, and every fill
+            # that read the older one
+            keep_for=max(s.cache_ttl + s.stale_ttl, s.negative_ttl) + s.upstream_timeout + 1,
+            on_dropped=reads.forget_run,
+        )
         self._parts = Components(
             store=store,
-            reads=CachedReads(
-                store,
-                upstream,
-                self._hasher,
-                lifetimes,
-                self.metrics,
-                tasks,
-                cooldowns,
-                coordination,
-            ),
+            reads=reads,
             passthrough=Passthrough(upstream, s.max_request_bytes, self.metrics, cooldowns),
             upstream=upstream,
             tasks=tasks,
@@ -219,12 +217,12 @@ class ProxyApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send, access: Access) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         method: str = scope["method"]
-        if raw_path in OWN_PATHS or raw_path.startswith(RESERVED_PREFIX):
-            access.route = "own"
         if raw_path in OWN_PATHS:
+            access.route = "own"
             await self._own(raw_path, method, send)
             return
-        if raw_path.startswith(RESERVED_PREFIX) or raw_path == b"/openapi.json":
+        if is_own_surface(raw_path):
+            access.route = "own"
             # the proxy's own surface: never forwarded, so an admin token never reaches Lunary
             await self._admin(raw_path, method, scope["headers"], send)
             return
@@ -284,7 +282,7 @@ class ProxyApp:
         # writes to a run drop its entries once the upstream accepted them (2xx)
         written_run = match_run_write(raw_path) if method in WRITE_METHODS else None
         captured: bytearray | None = None
-        if body is not None and method == "POST" and raw_path in INGEST_PATHS:
+        if body is not None and method == "POST" and raw_path.lower().rstrip(b"/") in INGEST_PATHS:
             captured = bytearray()
             body = _captured(body, captured)
         client = scope.get("client")

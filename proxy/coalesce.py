@@ -47,6 +47,11 @@ class SingleFlight(Generic[K, T, P]):
         """The flight for `key`, if one is running: its task and its leader's payload."""
         return self._flights.get(key)
 
+    def forget(self, keys: Callable[[K], bool]) -> None:
+        """Detach the flights of matching keys: they finish, but nobody new joins them."""
+        for key in [key for key in self._flights if keys(key)]:
+            del self._flights[key]
+
     def running(self, key: K) -> bool:
         return key in self._flights
 

@@ -202,6 +202,18 @@ class CachedReads:
         self._tasks = tasks
         self._refreshes: SingleFlight[EntryKey, _Filled, None] = SingleFlight(tasks)
 
+    def forget_run(self, run_id: str) -> None:
+        """After a write to `run_id`: fills and lookups already under way began before it, so
+        no request arriving from now on may join them."""
+
+        def of_run(key: EntryKey) -> bool:
+            return key.run_id == run_id
+
+        self._fills.forget(of_run)
+        self._refreshes.forget(of_run)
+        for key in [key for key in self._lookups if of_run(key)]:
+            del self._lookups[key]
+
     async def serve(self, request: ReadRequest) -> Reply:
         now = self._clock()
         facts = _Facts.read(request.headers)
@@ -272,7 +284,9 @@ class CachedReads:
             # a task of its own: one caller going away must not cancel the others' lookup
             pending = self._tasks.spawn(self._store.lookup(key), name="lookup")
             self._lookups[key] = pending
-            pending.add_done_callback(lambda done: self._lookups.pop(key, None))
+            pending.add_done_callback(
+                lambda done: self._lookups.pop(key) if self._lookups.get(key) is done else None
+            )
         return await asyncio.shield(pending)
 
     # -- fills ----------------------------------------------------------------------------

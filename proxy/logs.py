@@ -40,8 +40,11 @@ class ConsoleFormatter(logging.Formatter):
     """`time level logger: message key=value ...` for a person at a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
+        # repr() keeps a client-chosen value (a path with an encoded newline) on one line
         extras = " ".join(
-            f"{name}={value}" for name, value in record.__dict__.items() if name not in _STANDARD
+            f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}"
+            for name, value in record.__dict__.items()
+            if name not in _STANDARD
         )
         base = super().format(record)
         return f"{base} {extras}" if extras else base

@@ -68,10 +68,20 @@ def unquote_segment(segment: bytes) -> str:
 
 def match_run_write(raw_path: bytes) -> str | None:
     """The run a write to `/v1/runs/{uuid}` or `/v1/runs/{uuid}/...` changes, if any."""
+    # Lunary's router ignores case: a write must invalidate however it spelled the path
     parts = raw_path.split(b"/", 4)
-    if len(parts) < 4 or parts[0] or parts[1] != b"v1" or parts[2] != b"runs":
+    if len(parts) < 4 or parts[0] or parts[1].lower() != b"v1" or parts[2].lower() != b"runs":
         return None
     return canonical_run_id(unquote_segment(parts[3]))
+
+
+def is_own_surface(raw_path: bytes) -> bool:
+    """`/admin...` and `/openapi.json` in any case or percent-spelling: never forwarded, so a
+    mistyped purge cannot carry the admin token to Lunary."""
+    if raw_path[:2].lower() not in (b"/a", b"/o", b"/%"):
+        return False
+    text = unquote(raw_path.decode("latin-1")).lower()
+    return text in ("/admin", "/openapi.json") or text.startswith("/admin/")
 
 
 def normalise_query(query_string: bytes) -> bytes:

@@ -74,4 +74,7 @@ def ingest_targets(document: object) -> tuple[set[str], set[str]] | None:
 
 
 def _filed_id(run_id: str) -> str:
-    return canonical_run_id(run_id) or ingest_run_uuid(run_id)
+    """Lunary hashes every id that is not 36 characters long, UUID-like or not."""
+    if len(run_id) == 36:
+        return canonical_run_id(run_id) or run_id.lower()
+    return ingest_run_uuid(run_id)

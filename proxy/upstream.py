@@ -117,8 +117,8 @@ class HttpxUpstream:
             raise UpstreamUnreachable(type(exc).__name__) from exc
 
 
-# uvicorn writes its own Date; relaying the upstream's would send two
-RESPONSE_DROP = frozenset({b"date"})
+# uvicorn writes its own Date and the proxy its own X-Request-ID: relaying would send two
+RESPONSE_DROP = frozenset({b"date", b"x-request-id"})
 
 
 def _response_headers(response: httpx.Response) -> list[Header]:

@@ -57,6 +57,7 @@ class FakeLunary:
     extra_headers: dict[str, str] = field(default_factory=dict)
     body_override: bytes | None = None  # sent instead of a 200 run body (to fake broken JSON)
     trickle_delay: float = 0.0  # send run bodies in 10 pieces, this many seconds apart
+    read_latency: float = 0.0  # extra delay on GETs of runs only (writes stay fast)
     rate_limit: int = 10_000
     limited_buckets: set[str] = field(default_factory=set)  # always 429, whatever the count
     in_flight: int = 0
@@ -133,6 +134,8 @@ class FakeLunary:
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
+            if self.read_latency and scope["method"] == "GET" and b"/v1/runs/" in scope["raw_path"]:
+                await asyncio.sleep(self.read_latency)
         finally:
             self.in_flight -= 1
         response = self._answer(request, body)
@@ -146,7 +149,7 @@ class FakeLunary:
         if self.fail_status is not None:
             return _json({"message": "Internal Server Error"}, self.fail_status)
         parts = request.url.path.strip("/").split("/")
-        if parts[:2] != ["v1", "runs"] or len(parts) < 3:
+        if [part.lower() for part in parts[:2]] != ["v1", "runs"] or len(parts) < 3:  # as Koa
             return self._other(request, body)
         key, failure = self._authenticate(request)
         if failure is not None:
@@ -209,6 +212,8 @@ class FakeLunary:
         except ValueError:
             return _json({"message": f'invalid input syntax for type uuid: "{segment}"'}, 500)
         visible = self.run_orgs.get(run_id) == key.org_id
+        if request.method == "PATCH" and rest[1:] == ["tags"] and visible:
+            self.runs[run_id]["tags"] = orjson.loads(body)
         if request.method != "GET":
             if len(rest) == 1 and request.method == "DELETE":
                 return _json({}) if visible else _json({"message": "Run not found"}, 404)

@@ -25,6 +25,8 @@ class MemoryStore:
         self._by_run: dict[str, set[EntryKey]] = {}
         # run -> (until when, generation): fills that read an older generation store dead entries
         self._generations: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        # part of every generation: bumped (dropping everything) if a live record must be evicted
+        self._epoch = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -60,21 +62,28 @@ class MemoryStore:
             self._generations = OrderedDict(
                 (run, value) for run, value in self._generations.items() if value[0] > now
             )
-            while len(self._generations) > 4 * self._max_entries:
-                self._generations.popitem(last=False)
+            if len(self._generations) > 4 * self._max_entries:
+                # forgetting a live generation could revive a fill from before its write: start
+                # a new epoch instead, which makes every entry and fill in flight a miss
+                self._epoch += 1
+                self._generations.clear()
+                self._entries.clear()
+                self._by_run.clear()
+                return 0
         dropped = list(self._by_run.get(run_id, ()))
         for key in dropped:
             self._drop(key)
         return len(dropped)
 
     def _generation(self, run_id: str, now: float) -> int:
+        epoch = self._epoch << 32
         found = self._generations.get(run_id)
         if found is None:
-            return 0
+            return epoch
         if found[0] <= now:
             del self._generations[run_id]
-            return 0
-        return found[1]
+            return epoch
+        return epoch | (found[1] & 0xFFFFFFFF)
 
     def _drop(self, key: EntryKey) -> None:
         self._entries.pop(key, None)

@@ -39,9 +39,13 @@ redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 return 0
 """
 # KEYS: generation. ARGV: how long it must outlive the entries written under older generations.
+# Generations never repeat (microseconds of the server clock, and always above the last one), so
+# an entry of an old generation can never match again, even after the counter expired.
 INVALIDATE = """
-local generation = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
+local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
+local now = redis.call('TIME')
+local generation = math.max(last + 1, tonumber(now[1]) * 1000000 + tonumber(now[2]))
+redis.call('SET', KEYS[1], string.format('%d', generation), 'PX', ARGV[1])
 return generation
 """
 # KEYS: entry, lock, wait flag. ARGV: encoded entry or '', ttl ms, token, channel.

@@ -229,3 +229,15 @@ def test_brace_spelled_run_path_reaches_the_upstream_verbatim(
 
     assert status == 200
     assert fake.requests[0].raw_path == target
+
+
+@pytest.mark.parametrize(
+    "path", ["/Admin/cache/runs/x", "/admin", "/%61dmin/cache/runs/x", "/OPENAPI.json"]
+)
+def test_every_spelling_of_the_own_surface_stays_here(
+    proxy: RunningProxy, fake: FakeLunary, path: str
+) -> None:
+    answer = proxy.client.delete(path, headers={"Authorization": "Bearer admin-token"})
+
+    assert answer.status_code == 404
+    assert fake.requests == []

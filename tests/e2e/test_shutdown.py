@@ -30,14 +30,19 @@ async def test_requests_in_flight_finish_after_sigterm(
             passthrough = asyncio.create_task(
                 client.post(f"{proxy.url}/echo", content=b"x" * 100_000)
             )
-            await asyncio.sleep(0.3)  # both are now waiting on the slow upstream
+            deadline = time.monotonic() + 5
+            while fake.in_flight < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - another thread
+                await asyncio.sleep(0.02)  # until both wait on the slow upstream
+            assert fake.in_flight == 2
             os.kill(process.pid, signal.SIGTERM)
-            await asyncio.sleep(0.2)
             refused = None
-            try:
-                await httpx.AsyncClient().get(proxy.url + "/healthz", timeout=2)
-            except httpx.ConnectError as exc:
-                refused = exc
+            async with httpx.AsyncClient(timeout=2) as fresh:
+                while refused is None and time.monotonic() < deadline:
+                    try:
+                        await fresh.get(proxy.url + "/healthz")
+                    except httpx.ConnectError as exc:
+                        refused = exc
+                    await asyncio.sleep(0.02)
             answered, echoed = await read, await passthrough
         started = time.monotonic()
         exit_code = await asyncio.to_thread(process.wait, 15)

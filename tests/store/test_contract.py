@@ -124,3 +124,16 @@ async def test_a_fill_that_read_before_an_invalidation_stores_a_dead_entry(store
     found = await store.lookup(key)
     assert found.entry is not None
     assert found.entry.body == b"new"
+
+
+async def test_a_generation_is_never_reused_even_after_it_expired(store: Store) -> None:
+    key = EntryKey(RUN, "run:s1")
+    await store.invalidate_run(RUN, keep_for=0.2)
+    written = await store.lookup(key)
+    await store.save(key, Entry(200, "application/json", b"old", '"e"', 1.7e9, 60, 0,
+                                written.generation))  # fmt: skip
+    await asyncio.sleep(0.3)  # the generation record expired; the entry did not
+
+    await store.invalidate_run(RUN, keep_for=60)  # a later write
+
+    assert (await store.lookup(key)).entry is None

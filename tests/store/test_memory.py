@@ -35,3 +35,16 @@ async def test_expiry_follows_the_injected_clock() -> None:
     now[0] = 160.0
     assert (await store.lookup(EntryKey(RUN, "a"))).entry is None
     assert len(store) == 0
+
+
+async def test_evicting_live_generations_starts_a_new_epoch() -> None:
+    store = MemoryStore(max_entries=1)
+    key = EntryKey(RUN, "a")
+    before = await store.lookup(key)  # a fill reads the run's generation...
+    await store.invalidate_run(RUN, keep_for=60)  # ...a write lands...
+    for i in range(5):  # ...and enough other writes to overflow the generation records
+        await store.invalidate_run(f"00000000-0000-4000-8000-00000000000{i}", keep_for=60)
+    await store.save(key, Entry(200, "application/json", b"old", '"e"', 0.0, 60, 0,
+                                before.generation))  # fmt: skip
+
+    assert (await store.lookup(key)).entry is None

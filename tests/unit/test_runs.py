@@ -131,3 +131,12 @@ def test_ingest_targets_name_runs_and_parents() -> None:
     assert ingest_targets({"events": {"runId": CANONICAL}}) == ({CANONICAL}, set())
     assert ingest_targets({"no": "events"}) is None
     assert ingest_targets([1, 2]) is None
+
+
+def test_ids_that_are_not_36_characters_are_hashed_even_when_uuid_like() -> None:
+    hex32 = CANONICAL.replace("-", "")
+    braced = "{" + CANONICAL + "}"
+
+    assert ingest_targets({"events": [{"runId": hex32}]}) == ({ingest_run_uuid(hex32)}, set())
+    assert ingest_targets({"events": [{"runId": braced}]}) == ({ingest_run_uuid(braced)}, set())
+    assert ingest_run_uuid(hex32) != CANONICAL
