@@ -8,7 +8,7 @@ import orjson
 
 from proxy import errors
 from proxy.errors import ProxyErrorReply
-from proxy.headers import Header
+from proxy.headers import Header, first_value
 from proxy.invalidation import Invalidator
 from proxy.paths import unquote_segment
 from proxy.runs import canonical_run_id
@@ -41,7 +41,7 @@ class Admin:
         return 200, orjson.dumps({"run_id": run_id, "invalidated": True}), ()
 
     def _refuse(self, headers: list[Header]) -> ProxyErrorReply | None:
-        authorization = next((v for n, v in headers if n == b"authorization"), None)
+        authorization = first_value(headers, b"authorization")
         scheme, _, presented = (authorization or b"").partition(b" ")
         if authorization is None or scheme.lower() != b"bearer":
             return errors.ProxyErrorReply(

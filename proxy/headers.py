@@ -24,6 +24,11 @@ HOP_BY_HOP = frozenset(
 )
 
 
+def first_value(headers: Iterable[Header], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case), or None."""
+    return next((value for field, value in headers if field == name), None)
+
+
 def end_to_end(
     headers: Iterable[Header], also_drop: frozenset[bytes] = frozenset()
 ) -> list[Header]:

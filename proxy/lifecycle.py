@@ -22,6 +22,7 @@ from proxy.headers import (
     client_directives,
     end_to_end,
     first_forwarded_address,
+    first_value,
     forwarded_for,
 )
 from proxy.metrics import Metrics
@@ -409,8 +410,7 @@ class CachedReads:
             self._metrics.upstream("fill", label, time.perf_counter() - started)
             raise
         self._metrics.upstream("fill", fetched.status, fetched.elapsed)
-        retry_after = next((v for n, v in fetched.headers if n == b"retry-after"), None)
-        if await self._cooldowns.learn(fetched.status, retry_after, fill.bucket, fill.now):
+        if await self._cooldowns.learn(fetched.status, fetched.headers, fill.bucket, fill.now):
             self._metrics.cooldown_started()
         return fetched
 
@@ -605,7 +605,4 @@ _closing: set[asyncio.Task[None]] = set()
 
 
 def _content_type(headers: list[Header]) -> str:
-    for name, value in headers:
-        if name == b"content-type":
-            return value.decode("latin-1")
-    return ""
+    return (first_value(headers, b"content-type") or b"").decode("latin-1")

@@ -73,8 +73,7 @@ class Passthrough:
             )
             raise
         self._metrics.upstream("passthrough", response.status, time.perf_counter() - started)
-        retry_after = next((v for n, v in response.headers if n == b"retry-after"), None)
-        if await self._cooldowns.learn(response.status, retry_after, bucket, now):
+        if await self._cooldowns.learn(response.status, response.headers, bucket, now):
             self._metrics.cooldown_started()
         return response
 

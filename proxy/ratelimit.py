@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 
-from proxy.headers import retry_after_seconds
+from proxy.headers import Header, first_value, retry_after_seconds
 from proxy.ports import Store, StoreError
 
 MAX_LOCAL_BUCKETS = 10_000
@@ -56,10 +56,11 @@ class Cooldowns:
         if remaining > 0:
             raise RateLimited(remaining)
 
-    async def learn(self, status: int, retry_after: bytes | None, bucket: str, now: float) -> bool:
-        """Open a cooldown when the upstream answered 429; True if it did."""
+    async def learn(self, status: int, headers: list[Header], bucket: str, now: float) -> bool:
+        """Open a cooldown when the upstream answered 429 (for its Retry-After); True if so."""
         if status != 429:
             return False
+        retry_after = first_value(headers, b"retry-after")
         await self.start(bucket, retry_after_seconds(retry_after, now), now)
         return True
 

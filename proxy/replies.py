@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from proxy import errors
-from proxy.headers import Header, if_none_match_hits
+from proxy.headers import Header, first_value, if_none_match_hits
 from proxy.model import CacheResult, Entry, Judgement, Reason
 from proxy.policy import cache_status, make_etag
 from proxy.ports import FetchedResponse
@@ -105,7 +105,7 @@ def not_modified_if_matching(reply: Reply, if_none_match: bytes) -> Reply:
     """304 when the client already holds this 200's validator (weak comparison)."""
     if reply.status != 200 or reply.rest is not None:
         return reply
-    etag = next((v for n, v in reply.headers if n == b"etag"), None)
+    etag = first_value(reply.headers, b"etag")
     if etag is None or not if_none_match_hits(if_none_match, etag.decode("ascii")):
         return reply
     headers = [(n, v) for n, v in reply.headers if n != b"content-type"]
