@@ -36,7 +36,7 @@ from proxy.metrics import Metrics
 from proxy.passthrough import Passthrough, RequestTooLarge
 from proxy.paths import check_path, is_own_surface, match_cached_route, match_run_write
 from proxy.policy import Lifetimes
-from proxy.ports import Store, StoreError, Upstream, UpstreamError, UpstreamTimeout
+from proxy.ports import Store, StoreError, Upstream, UpstreamError
 from proxy.ratelimit import Cooldowns, RateLimited
 from proxy.scope import ScopeHasher
 from proxy.store.connection import connect
@@ -304,10 +304,7 @@ class ProxyApp:
         except ClientGone:
             return
         except UpstreamError as exc:
-            timed_out = isinstance(exc, UpstreamTimeout)
-            await send_error(
-                send, errors.upstream_timeout() if timed_out else errors.upstream_unreachable()
-            )
+            await send_error(send, errors.upstream_failure(exc))
             return
         access.upstream_status = response.status
         if 200 <= response.status < 300:

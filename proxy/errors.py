@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from proxy.headers import Header
+from proxy.ports import UpstreamError, UpstreamTimeout
 
 JSON_TYPE = b"application/json; charset=utf-8"
 
@@ -34,6 +35,11 @@ def upstream_unreachable() -> ProxyErrorReply:
 
 def upstream_timeout() -> ProxyErrorReply:
     return ProxyErrorReply(504, "upstream_timeout", "The Lunary API did not answer in time.")
+
+
+def upstream_failure(exc: UpstreamError) -> ProxyErrorReply:
+    """504 for a timeout, else 502: the one place upstream failures become answers."""
+    return upstream_timeout() if isinstance(exc, UpstreamTimeout) else upstream_unreachable()
 
 
 def request_too_large(limit: int) -> ProxyErrorReply:

@@ -46,7 +46,6 @@ from proxy.ports import (
     Upstream,
     UpstreamError,
     UpstreamRequest,
-    UpstreamTimeout,
 )
 from proxy.ratelimit import Cooldowns, RateLimited
 from proxy.replies import Reply
@@ -406,8 +405,7 @@ class CachedReads:
         try:
             fetched = await self._upstream.fetch(fill.request, self._lifetimes.max_entry_bytes)
         except UpstreamError as exc:
-            label = "timeout" if isinstance(exc, UpstreamTimeout) else "unreachable"
-            self._metrics.upstream("fill", label, time.perf_counter() - started)
+            self._metrics.upstream("fill", exc.label, time.perf_counter() - started)
             raise
         self._metrics.upstream("fill", fetched.status, fetched.elapsed)
         if await self._cooldowns.learn(fetched.status, fetched.headers, fill.bucket, fill.now):
@@ -561,9 +559,7 @@ class CachedReads:
             return replies.rate_limited(exc.remaining, result)
         if stale is not None:
             return replies.stale(*stale, Reason.UPSTREAM_ERROR)
-        timed_out = isinstance(exc, UpstreamTimeout)
-        failure = errors.upstream_timeout() if timed_out else errors.upstream_unreachable()
-        return replies.failure(failure, result, Reason.UPSTREAM_ERROR)
+        return replies.failure(errors.upstream_failure(exc), result, Reason.UPSTREAM_ERROR)
 
 
 def _upstream_failed(filled: _Filled) -> bool:

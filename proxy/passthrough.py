@@ -10,9 +10,8 @@ from proxy.metrics import Metrics
 from proxy.ports import (
     StreamedResponse,
     Upstream,
+    UpstreamError,
     UpstreamRequest,
-    UpstreamTimeout,
-    UpstreamUnreachable,
 )
 from proxy.ratelimit import Cooldowns, RateLimited
 
@@ -68,9 +67,9 @@ class Passthrough:
                 UpstreamRequest(method, raw_path, query_string, outgoing, body)
             )
         except Exception as exc:
-            self._metrics.upstream(
-                "passthrough", _failure_label(exc), time.perf_counter() - started
-            )
+            # a body cut short (too large, client gone) is counted too, as "aborted"
+            label = exc.label if isinstance(exc, UpstreamError) else "aborted"
+            self._metrics.upstream("passthrough", label, time.perf_counter() - started)
             raise
         self._metrics.upstream("passthrough", response.status, time.perf_counter() - started)
         if await self._cooldowns.learn(response.status, response.headers, bucket, now):
@@ -88,11 +87,3 @@ async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
         if received > limit:
             raise RequestTooLarge
         yield chunk
-
-
-def _failure_label(exc: Exception) -> str:
-    if isinstance(exc, UpstreamTimeout):
-        return "timeout"
-    if isinstance(exc, UpstreamUnreachable):
-        return "unreachable"
-    return "aborted"

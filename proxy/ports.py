@@ -69,7 +69,9 @@ class Store(Protocol):
 
 
 class UpstreamError(Exception):
-    """The upstream could not answer."""
+    """The upstream could not answer; `label` names the failure in metrics."""
+
+    label = "unreachable"
 
 
 class UpstreamUnreachable(UpstreamError):
@@ -78,6 +80,8 @@ class UpstreamUnreachable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not answer within the configured timeout."""
+
+    label = "timeout"
 
 
 @dataclass(slots=True)
