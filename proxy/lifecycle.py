@@ -128,7 +128,7 @@ def _joined(existing: bytes | None, value: bytes) -> bytes:
     return value if existing is None else existing + b"\n" + value
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Fill:
     """One upstream fetch for a key: what to send, where to store, which rate bucket it spends."""
 
@@ -263,9 +263,8 @@ class CachedReads:
                 return replies.hit(found.entry, judgement)
             if judgement.freshness is not Freshness.EXPIRED and found.entry.status == 200:
                 stale = (found.entry, judgement)
-        fill = self._fill_for(request, facts, key, now, found.generation, use_store=True)
-        if found.entry is not None:
-            fill.seen = found.entry.stored_at
+        seen = found.entry.stored_at if found.entry is not None else 0.0
+        fill = self._fill_for(request, facts, key, now, found.generation, use_store=True, seen=seen)
         if stale is not None and not refresh:
             self._refresh_in_background(fill)
             return replies.stale(*stale, Reason.REVALIDATING)
@@ -300,7 +299,7 @@ class CachedReads:
         task, leading = self._fills.join(fill.key, lambda: self._fill(fill, wait=True), plan)
         try:
             if leading:
-                filled = await _shielded_for_leader(task)
+                filled = await self._shielded_for_leader(task)
             else:
                 self._metrics.coalesced("joined")
                 filled = await asyncio.wait_for(
@@ -421,15 +420,8 @@ class CachedReads:
         if isinstance(decision, DontStore):
             self._metrics.not_stored(decision.reason)
         else:
-            entry = Entry(
-                status=fetched.status,
-                content_type=_content_type(fetched.headers),
-                body=fetched.body,
-                etag=make_etag(fetched.body),
-                stored_at=fill.now,
-                fresh_for=decision.fresh_for,
-                stale_for=decision.stale_for,
-                generation=fill.generation,
+            entry = _entry_of(
+                fetched, fill.now, decision.fresh_for, decision.stale_for, fill.generation
             )
         not_stored = decision.reason if isinstance(decision, DontStore) else None
         if not fill.use_store:
@@ -486,7 +478,24 @@ class CachedReads:
             return
         task, _ = self._refreshes.join(fill.key, lambda: self._fill(fill, wait=False), None)
         self._metrics.background_refresh()
-        task.add_done_callback(_close_unread_body)
+        task.add_done_callback(self._close_unread_body)
+
+    async def _shielded_for_leader(self, task: asyncio.Task[_Filled]) -> _Filled:
+        """Await our own fill; if our client goes away, the fill still completes and is stored."""
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._close_unread_body)
+            raise
+
+    def _close_unread_body(self, task: asyncio.Task[_Filled]) -> None:
+        """A fill nobody will relay may hold an open streamed body: release its connection."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        fetched = task.result().fetched
+        if fetched is not None and fetched.rest is not None:
+            with contextlib.suppress(RuntimeError):  # shutting down: the pool closes it anyway
+                self._tasks.spawn(fetched.rest.aclose(), name="close-unread-body")
 
     def _fill_for(
         self,
@@ -497,6 +506,7 @@ class CachedReads:
         generation: int,
         *,
         use_store: bool,
+        seen: float = 0.0,
     ) -> _Fill:
         headers = end_to_end(request.headers, FILL_DROP)
         headers.append(IDENTITY)
@@ -505,7 +515,7 @@ class CachedReads:
             headers.append((b"x-forwarded-for", chain))
         upstream_request = UpstreamRequest("GET", request.raw_path, request.query_string, headers)
         bucket = first_forwarded_address(chain)
-        return _Fill(key, upstream_request, bucket, generation, use_store, now)
+        return _Fill(key, upstream_request, bucket, generation, use_store, now, seen)
 
     # -- replies --------------------------------------------------------------------------
 
@@ -534,17 +544,9 @@ class CachedReads:
             # rate limits are per bucket: the waiter asks for itself, and its own cooldown
             # answers it (with Retry-After) if it shares the leader's bucket
             return None
-        if any(name == b"set-cookie" for name, _ in fetched.headers):
+        if first_value(fetched.headers, b"set-cookie") is not None:
             return None
-        return Entry(
-            status=fetched.status,
-            content_type=_content_type(fetched.headers),
-            body=fetched.body,
-            etag=make_etag(fetched.body),
-            stored_at=0.0,
-            fresh_for=0.0,
-            stale_for=0.0,
-        )
+        return _entry_of(fetched, stored_at=0.0, fresh_for=0.0, stale_for=0.0)
 
     def _failed(
         self,
@@ -577,28 +579,22 @@ async def _stale_instead(filled: _Filled, stale: tuple[Entry, Judgement], *, clo
     return replies.stale(*stale, Reason.UPSTREAM_ERROR, fetched.status)
 
 
-async def _shielded_for_leader(task: asyncio.Task[_Filled]) -> _Filled:
-    """Await our own fill; if our client goes away, the fill still completes and is stored."""
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.add_done_callback(_close_unread_body)
-        raise
-
-
-def _close_unread_body(task: asyncio.Task[_Filled]) -> None:
-    """A fill nobody will relay may hold an open streamed body: release its connection."""
-    if task.cancelled() or task.exception() is not None:
-        return
-    fetched = task.result().fetched
-    if fetched is not None and fetched.rest is not None:
-        _closing.add(closer := asyncio.get_running_loop().create_task(fetched.rest.aclose()))
-        closer.add_done_callback(_closing.discard)
-
-
-# strong references to body-closing tasks until they finish (asyncio keeps only weak ones)
-_closing: set[asyncio.Task[None]] = set()
-
-
-def _content_type(headers: list[Header]) -> str:
-    return (first_value(headers, b"content-type") or b"").decode("latin-1")
+def _entry_of(
+    fetched: FetchedResponse,
+    stored_at: float,
+    fresh_for: float,
+    stale_for: float,
+    generation: int = 0,
+) -> Entry:
+    """The entry form of an upstream answer: what the store keeps, and what waiters share."""
+    content_type = first_value(fetched.headers, b"content-type") or b""
+    return Entry(
+        status=fetched.status,
+        content_type=content_type.decode("latin-1"),
+        body=fetched.body,
+        etag=make_etag(fetched.body),
+        stored_at=stored_at,
+        fresh_for=fresh_for,
+        stale_for=stale_for,
+        generation=generation,
+    )
