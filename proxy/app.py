@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -236,7 +235,6 @@ class ProxyApp:
             return
         route = match_cached_route(raw_path)
         if route is not None and method in READ_METHODS:
-            client = scope.get("client")
             access.route = route.kind.value
             reply = await parts.reads.serve(
                 ReadRequest(
@@ -245,7 +243,7 @@ class ProxyApp:
                     raw_path=raw_path,
                     query_string=scope.get("query_string", b""),
                     headers=scope["headers"],
-                    client_host=client[0] if client else None,
+                    client_host=_client_host(scope),
                 )
             )
             access.cache, access.upstream_status = reply.cache, reply.upstream_status
@@ -285,21 +283,20 @@ class ProxyApp:
         if body is not None and method == "POST" and raw_path.lower().rstrip(b"/") in INGEST_PATHS:
             captured = bytearray()
             body = _captured(body, captured)
-        client = scope.get("client")
         try:
             response = await passthrough.forward(
                 method,
                 raw_path,
                 scope.get("query_string", b""),
                 headers,
-                client[0] if client else None,
+                _client_host(scope),
                 body,
             )
         except RequestTooLarge:
             await send_error(send, errors.request_too_large(self.settings.max_request_bytes))
             return
         except RateLimited as limited:
-            await send_error(send, errors.rate_limited(max(1, math.ceil(limited.remaining))))
+            await send_error(send, errors.rate_limited(limited.remaining))
             return
         except ClientGone:
             return
@@ -319,7 +316,7 @@ class ProxyApp:
     async def _admin(
         self, raw_path: bytes, method: str, headers: list[tuple[bytes, bytes]], send: Send
     ) -> None:
-        if self._parts is None or raw_path == b"/openapi.json":
+        if self._parts is None:  # /openapi.json and unknown /admin paths: the admin says 404
             await send_error(send, errors.not_found())
             return
         answer = await self._parts.admin.handle(method, raw_path, headers)
@@ -356,6 +353,12 @@ class ProxyApp:
             failure = errors.not_ready(f"the store does not answer ({exc})")
             return failure.status, [JSON], failure.body()
         return 200, [JSON], orjson.dumps({"status": "ready"})
+
+
+def _client_host(scope: Scope) -> str | None:
+    """The socket peer's address (never a client-sent header: see SPEC section 2)."""
+    client = scope.get("client")
+    return client[0] if client else None
 
 
 async def _captured(chunks: AsyncIterator[bytes], into: bytearray) -> AsyncIterator[bytes]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import orjson
@@ -48,7 +49,9 @@ def request_too_large(limit: int) -> ProxyErrorReply:
     )
 
 
-def rate_limited(retry_after: int) -> ProxyErrorReply:
+def rate_limited(remaining: float) -> ProxyErrorReply:
+    """429 with the cooldown's remaining whole seconds (at least 1) as Retry-After."""
+    retry_after = max(1, math.ceil(remaining))
     return ProxyErrorReply(
         429,
         "rate_limited",

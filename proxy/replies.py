@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -97,8 +96,7 @@ def failure(reply: errors.ProxyErrorReply, result: CacheResult, detail: Reason) 
 
 
 def rate_limited(remaining: float, result: CacheResult) -> Reply:
-    seconds = max(1, math.ceil(remaining))
-    return failure(errors.rate_limited(seconds), result, Reason.COOLDOWN)
+    return failure(errors.rate_limited(remaining), result, Reason.COOLDOWN)
 
 
 def not_modified_if_matching(reply: Reply, if_none_match: bytes) -> Reply:
