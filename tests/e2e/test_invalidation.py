@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -213,10 +216,6 @@ def test_invalidation_is_one_generation_bump_however_many_scopes(
 async def test_a_read_after_a_write_never_joins_a_fill_from_before_it(
     make_proxy: ProxyFactory, fake: FakeLunary
 ) -> None:
-    import asyncio
-
-    import httpx
-
     proxy = make_proxy()
     key, run = fake.add_key(), fake.add_run()
     fake.read_latency = 0.6

@@ -441,15 +441,18 @@ def test_a_trickling_upstream_is_bounded_by_the_upstream_timeout(
 def test_stale_entry_is_answered_at_once_and_refreshed_in_the_background(
     make_proxy: ProxyFactory, fake: FakeLunary
 ) -> None:
-    proxy = make_proxy(cache_ttl=0.3, stale_ttl=30)
+    proxy = make_proxy(cache_ttl=1, stale_ttl=30)
     key, run = fake.add_key(), fake.add_run()
     proxy.get(f"/v1/runs/{run}", headers=bearer(key))
-    time.sleep(0.4)
+    time.sleep(1.1)
     fake.runs[run]["name"] = "renamed"
 
     stale = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
-    time.sleep(0.2)
+    deadline = time.monotonic() + 3  # the refresh lands in the background: give a busy box time
     refreshed = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+    while refreshed.headers["x-cache"] != "HIT" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        refreshed = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
 
     assert stale.headers["x-cache"] == "STALE"
     assert stale.json()["name"] == "gpt-4o"
