@@ -8,19 +8,26 @@ FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
-RUN python3 -m venv /opt/lunary-cache-proxy
+# Two virtualenvs: the build backend (hatchling) never reaches the one the runtime gets.
+RUN python3 -m venv /opt/build && python3 -m venv /opt/lunary-cache-proxy
 WORKDIR /src
-COPY requirements.lock ./
-RUN /opt/lunary-cache-proxy/bin/pip install --no-deps --require-virtualenv -r requirements.lock
+COPY requirements.lock requirements-build.lock ./
+RUN /opt/build/bin/pip install --no-deps --require-hashes -r requirements-build.lock \
+    && /opt/lunary-cache-proxy/bin/pip install --no-deps --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY config ./config
 COPY proxy ./proxy
-RUN /opt/lunary-cache-proxy/bin/pip install --no-deps --require-virtualenv . \
-    && /opt/lunary-cache-proxy/bin/pip uninstall --yes --require-virtualenv pip
+RUN /opt/build/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /tmp/wheels . \
+    && /opt/lunary-cache-proxy/bin/pip install --no-deps /tmp/wheels/*.whl \
+    && /opt/lunary-cache-proxy/bin/pip uninstall --yes setuptools pip
 
 FROM ${BASE_IMAGE} AS runtime
-# A fixed numeric user, so Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
-RUN useradd --no-log-init --uid 10001 --user-group --no-create-home \
+# No installer in the runtime (python:*-slim ships pip and setuptools); a fixed numeric user, so
+# Kubernetes' runAsNonRoot can check it without reading /etc/passwd.
+RUN if python3 -m pip --version >/dev/null 2>&1; then \
+        python3 -m pip uninstall --yes --no-cache-dir pip setuptools wheel; \
+    fi \
+    && useradd --no-log-init --uid 10001 --user-group --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin lunary
 COPY --from=build /opt/lunary-cache-proxy /opt/lunary-cache-proxy
 ENV PATH=/opt/lunary-cache-proxy/bin:$PATH \

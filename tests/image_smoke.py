@@ -21,13 +21,10 @@ import httpx
 from tests.fake_lunary import FakeLunary
 from tests.servers import RedisServer, ServerThread, free_port
 
-# Files that must not be in a runtime image: build tools, our tests, host configuration.
-FORBIDDEN_PATHS = (
-    "/opt/lunary-cache-proxy/bin/pip",
-    "/src",
-    "/opt/lunary-cache-proxy/lib/python3.11/site-packages/pytest",
-    "/opt/lunary-cache-proxy/lib/python3.11/site-packages/tests",
-)
+# Modules that must not be importable in a runtime image, by the app's interpreter or the base's:
+# installers, build backends, test and lint tools, our tests.
+FORBIDDEN_MODULES = ("pip", "setuptools", "hatchling", "pytest", "mypy", "ruff", "tests")
+BASE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class SmokeFailure(Exception):
@@ -113,9 +110,18 @@ def check_running(name: str, url: str, fake: FakeLunary, redis: RedisServer) -> 
     health = podman("healthcheck", "run", name)
     check(health.returncode == 0, f"the image HEALTHCHECK passes ({health.stdout.strip()})")
 
-    for path in FORBIDDEN_PATHS:
-        found = podman("exec", name, "test", "-e", path).returncode == 0
-        check(not found, f"{path} is not in the image")
+    probe = "import importlib.util as u; print(' '.join(m for m in %r if u.find_spec(m)))"
+    for interpreter in ("app", "base"):
+        env = () if interpreter == "app" else ("env", BASE_PATH)
+        found = podman("exec", name, *env, "python3", "-c", probe % (FORBIDDEN_MODULES,))
+        check(found.returncode == 0, f"the {interpreter} python3 runs ({found.stderr.strip()})")
+        leftovers = found.stdout.split()
+        check(
+            not leftovers,
+            f"no build, test or install tools for the {interpreter} python3 {leftovers}",
+        )
+    commands = podman("exec", name, "sh", "-c", "command -v pip pip3 gcc cc || true").stdout.split()
+    check(not commands, f"no pip or compiler on PATH (found {commands})")
     # buildah leaves an empty mount point where the build borrowed the host's pip config.
     pip_config = podman("exec", name, "test", "-s", "/etc/pip.conf").returncode == 0
     check(not pip_config, "no host pip configuration in the image")

@@ -34,6 +34,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: redis
 {{- end }}
 
+{{- define "lcp.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "lcp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+{{- end }}
+
 {{- define "lcp.commonLabels" -}}
 helm.sh/chart: {{ include "lcp.chart" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -73,7 +79,7 @@ app.kubernetes.io/part-of: lunary-cache-proxy
 {{- end }}
 
 {{- define "lcp.redisName" -}}
-{{- printf "%s-redis" (include "lcp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- printf "%s-redis" (include "lcp.fullname" . | trunc 57 | trimSuffix "-") }}
 {{- end }}
 
 {{/* PROXY_* settings as the ConfigMap holds them: strings, integers without an exponent. */}}

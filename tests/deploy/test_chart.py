@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 import sys
@@ -113,12 +114,24 @@ def test_every_pod_runs_restricted(scenario: str) -> None:
 # -- the default render -----------------------------------------------------------------------
 
 
-def test_probes_follow_the_process_and_the_store() -> None:
+def test_probes_gate_start_on_the_store_then_follow_the_process() -> None:
+    """A wrong Redis URL stops a rollout at its first pod; a Redis outage later does not take
+    every pod out of the Service (the proxy serves through it)."""
     proxy = render("default-values.yaml").container()
+    startup = proxy["startupProbe"]
+    assert startup["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
     assert proxy["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert proxy["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert proxy["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_a_probe_handler_can_be_replaced() -> None:
+    proxy = render(
+        sets=("readinessProbe.httpGet=null", "readinessProbe.tcpSocket.port=http")
+    ).container()
+    assert proxy["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    assert "httpGet" not in proxy["readinessProbe"]
 
 
 def test_settings_reach_the_container_through_the_configmap() -> None:
@@ -155,7 +168,9 @@ def test_secrets_come_from_the_secret_never_the_configmap() -> None:
 
 def test_a_settings_change_rolls_the_pods() -> None:
     def annotations(*sets: str) -> dict[str, str]:
-        template = render(sets=sets).one("Deployment")["spec"]["template"]
+        # a given scope secret: a generated one differs on every `helm template`
+        given = ("secret.scopeSecret=0123456789abcdef0123456789abcdef", *sets)
+        template = render(sets=given).one("Deployment")["spec"]["template"]
         return dict(template["metadata"]["annotations"])
 
     before = annotations()
@@ -175,6 +190,20 @@ def test_autoscaling_owns_the_replica_count() -> None:
     fixed = render(sets=("autoscaling.enabled=false", "replicaCount=3"))
     assert fixed.all("HorizontalPodAutoscaler") == []
     assert fixed.one("Deployment")["spec"]["replicas"] == 3
+
+
+def test_the_secret_checksum_does_not_expose_a_weak_token() -> None:
+    """The checksum covers the rendered Secret, salted by its scope secret, not the bare values."""
+    rendered = render(sets=("secret.adminToken=hunter2",))
+    checksum = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    bare = hashlib.sha256(json.dumps({"adminToken": "hunter2"}).encode()).hexdigest()
+    assert checksum["checksum/secret"] != bare
+    assert "hunter2" not in json.dumps(checksum)
+
+
+def test_a_recreate_strategy_drops_the_rolling_update_block() -> None:
+    strategy = render(sets=("deploymentStrategy.type=Recreate",)).one("Deployment")["spec"]
+    assert strategy["strategy"] == {"type": "Recreate"}
 
 
 def test_disruptions_and_rollouts_keep_capacity() -> None:
@@ -227,6 +256,12 @@ def test_bundled_redis_is_wired_into_the_settings() -> None:
     assert data["PROXY_REDIS_URL"] == f"redis://{redis_service}:6379/0"
     redis = rendered.one("Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
     assert "allkeys-lru" in redis["command"]
+    # protected mode would refuse every connection that is not from loopback
+    assert redis["command"][redis["command"].index("--protected-mode") + 1] == "no"
+    (guard,) = [p for p in rendered.all("NetworkPolicy") if p["metadata"]["name"] == redis_service]
+    (rule,) = guard["spec"]["ingress"]
+    proxy_labels = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert rule["from"][0]["podSelector"]["matchLabels"].items() <= proxy_labels.items()
     secret = rendered.one("Secret")["data"]
     assert base64.b64decode(secret["admin-token"]) == b"trial-admin-token-not-for-production"
 
@@ -270,13 +305,31 @@ def test_the_servicemonitor_scrapes_the_service_port() -> None:
 
 
 def test_the_networkpolicy_admits_only_the_proxy_port() -> None:
-    policy = render("production-values.yaml").one("NetworkPolicy")
+    rendered = render("production-values.yaml")
+    policy = rendered.one("NetworkPolicy")
     (ingress,) = policy["spec"]["ingress"]
     assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
     assert ingress["from"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "llm-apps"
     }
+    # the chart's own `helm test` pod still reaches /readyz
+    (test_pod,) = rendered.all("Pod")
+    admitted = ingress["from"][1]["podSelector"]["matchLabels"]
+    assert admitted.items() <= test_pod["metadata"]["labels"].items()
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    egress_ports = {port["port"] for rule in policy["spec"]["egress"] for port in rule["ports"]}
+    assert {53, 443, 6380} <= egress_ports
+
+
+def test_long_release_names_keep_the_redis_objects_apart() -> None:
+    args = ["template", "team-llm-gateway-production-eu-west-1-cache", str(CHART)]
+    result = helm(*args, "--set", "redis.enabled=true")
+    assert result.returncode == 0, result.stderr
+    names = [
+        (doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(result.stdout) if doc
+    ]
+    assert len(names) == len(set(names))
+    assert all(len(name) <= 63 for _, name in names)
 
 
 def test_the_sidecar_scenario_puts_the_app_beside_the_proxy() -> None:
@@ -308,6 +361,11 @@ def test_an_image_digest_wins_over_the_tag() -> None:
         ("settings.PROXY_LOG_FORMAT=xml", "PROXY_LOG_FORMAT"),
         ("servce.port=80", "servce"),
         ("image.digest=latest", "digest"),
+        ("settings.PROXY_REDIS_URL=rediss://default:hunter2@redis:6380/0", "PROXY_REDIS_URL"),
+        ("settings.PROXY_HOST=127.0.0.1", "PROXY_HOST"),  # the kubelet probes the pod IP
+        ("podDisruptionBudget.maxUnavailable=banana", "maxUnavailable"),
+        ("networkPolicy.enabled=true,networkPolicy.egressPorts=null", "egressPorts"),
+        ("autoscaling.minReplicas=8", "minReplicas"),
     ],
 )
 def test_the_schema_rejects_bad_values(assignment: str, complaint: str) -> None:

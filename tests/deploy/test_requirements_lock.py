@@ -6,6 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -13,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)")
 
 
-def pinned_versions() -> dict[str, str]:
-    lines = (ROOT / "requirements.lock").read_text().splitlines()
+def pinned_versions(lock: str = "requirements.lock") -> dict[str, str]:
+    lines = (ROOT / lock).read_text().splitlines()
     return {canonicalize_name(match[1]): match[2] for line in lines if (match := PIN.match(line))}
 
 
@@ -31,9 +32,21 @@ def test_every_runtime_dependency_is_pinned_within_its_range() -> None:
         )
 
 
-def test_every_pin_carries_a_hash() -> None:
+def test_the_build_backend_is_pinned_within_its_range() -> None:
+    """The image builds its wheel without build isolation, from requirements-build.lock."""
+    pins = pinned_versions("requirements-build.lock")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for spec in project["build-system"]["requires"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in requirements-build.lock: run scripts/lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True)
+
+
+@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-build.lock"])
+def test_every_pin_carries_a_hash(lock: str) -> None:
     """pip then installs in hash-checking mode: a changed file on the index fails the build."""
-    text = (ROOT / "requirements.lock").read_text()
+    text = (ROOT / lock).read_text()
     entries = [entry for entry in re.split(r"\n(?=[A-Za-z])", text) if PIN.match(entry)]
     assert entries
     assert all("--hash=sha256:" in entry for entry in entries)
