@@ -44,7 +44,7 @@ from proxy.store.memory import MemoryStore
 from proxy.store.notify import FillNotices
 from proxy.store.redis import FILLED_CHANNEL, RedisStore
 from proxy.tasks import TaskSet
-from proxy.upstream import HttpxUpstream
+from proxy.upstream import AiohttpUpstream
 
 log = logging.getLogger("proxy")
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -128,7 +128,7 @@ class ProxyApp:
         notices = self._open_notices()
         listener = None if notices is None else asyncio.create_task(notices.run())
         store = GuardedStore(self._open_store(notices), self.metrics)
-        upstream = HttpxUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
+        upstream = AiohttpUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
         cooldowns = Cooldowns(store)
         lifetimes = Lifetimes(
             cache_ttl=s.cache_ttl,

@@ -1,0 +1,152 @@
+"""Hit path: the proxy (1 worker) against the Python floor and nginx proxy_cache, side by side.
+
+100 hot runs x 4 credentials, ~2 KB bodies, all warmed; wrk on loopback at 8 and 64 connections,
+several rounds with the systems taken in turns, so the machine's noise falls on all of them.
+Prints req/s, p50 and p99 (medians over rounds) and the ratios proxy/floor and proxy/nginx.
+
+    python -m benchmarks.hitpath [--rounds 3] [--seconds 10] [--connections 8 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import uuid
+from collections import defaultdict
+
+import httpx
+
+from benchmarks.floor import floor_key
+from benchmarks.harness import (
+    WrkResult,
+    cycling_requests,
+    free_ports,
+    median,
+    nginx,
+    proxy_service,
+    python_service,
+    require,
+    wrk,
+)
+from benchmarks.origin import run_body
+from tests.servers import RedisServer
+
+SCOPE_SECRET = "benchmark-scope-secret-0123456789abcdef"
+
+
+def hit_targets(runs: int, credentials: int) -> list[tuple[str, dict[str, str]]]:
+    keys = [f"Bearer {uuid.uuid4()}" for _ in range(credentials)]
+    run_ids = [str(uuid.uuid4()) for _ in range(runs)]
+    return [(f"/v1/runs/{run}", {"Authorization": key}) for run in run_ids for key in keys]
+
+
+def warm(url: str, targets: list[tuple[str, dict[str, str]]], hit_header: str) -> None:
+    """Read every target twice; the second pass must be all hits."""
+    with httpx.Client(base_url=url, timeout=10) as client:
+        for path, headers in targets:
+            client.get(path, headers=headers).raise_for_status()
+        for path, headers in targets:
+            answer = client.get(path, headers=headers)
+            if answer.headers.get(hit_header) != "HIT":
+                raise RuntimeError(f"{url}{path} is not a hit after warming: {answer.headers}")
+
+
+def proxy_hits(url: str) -> tuple[float, float]:
+    """(hits, all cached-route requests) from the proxy's own metrics."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    hits = total = 0.0
+    for line in text.splitlines():
+        match = re.match(r"lunary_proxy_requests_total\{([^}]*)\} ([0-9.e+]+)", line)
+        if match:
+            total += float(match[2])
+            if 'cache="hit"' in match[1]:
+                hits += float(match[2])
+    return hits, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--connections", type=int, nargs="+", default=[8, 64])
+    args = parser.parse_args()
+    require("wrk", "nginx", "redis-server")
+
+    targets = hit_targets(100, 4)
+    lua = cycling_requests(targets)
+    origin_port, proxy_port, floor_port, nginx_port = free_ports(4)
+    redis = RedisServer()
+    redis.start()
+    try:
+        client = redis.client()
+        for path, headers in targets:
+            body = run_body(path.rsplit("/", 1)[1])
+            client.set(floor_key(path.encode(), headers["Authorization"].encode()), body)
+        with (
+            python_service("origin", "benchmarks.origin", origin_port, "--port", str(origin_port)),
+            proxy_service(
+                proxy_port,
+                upstream_url=f"http://127.0.0.1:{origin_port}",
+                redis_url=redis.url,
+                scope_secret=SCOPE_SECRET,
+            ) as proxy,
+            python_service(
+                "floor",
+                "benchmarks.floor",
+                floor_port,
+                "--port",
+                str(floor_port),
+                env={"FLOOR_REDIS_URL": redis.url},
+            ) as floor,
+            nginx(nginx_port, origin_port) as cache,
+        ):
+            warm(proxy.url, targets, "x-cache")
+            warm(cache.url, targets, "x-cache")
+            systems = {"proxy": proxy.url, "floor": floor.url, "nginx": cache.url}
+            for url in systems.values():  # one short unmeasured run each: JIT-free, but warm
+                wrk(url, lua, connections=8, seconds=2)
+            hits_before = proxy_hits(proxy.url)
+            results: dict[tuple[str, int], list[WrkResult]] = defaultdict(list)
+            names = list(systems)
+            for round_number in range(args.rounds):
+                for connections in args.connections:
+                    turn = names[round_number % 3 :] + names[: round_number % 3]
+                    for name in turn:
+                        result = wrk(
+                            systems[name], lua, connections=connections, seconds=args.seconds
+                        )
+                        results[name, connections].append(result)
+                        print(
+                            f"round {round_number + 1} {name:>5} c={connections:<3} "
+                            f"{result.rate:>9.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
+                            f"p99 {result.p99_ms:6.2f} ms  errors {result.errors}",
+                            flush=True,
+                        )
+            hits_after = proxy_hits(proxy.url)
+    finally:
+        redis.close()
+
+    print("\nmedians over", args.rounds, "rounds (wrk, loopback, 1 worker each)")
+    print(f"{'system':>6} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    for connections in args.connections:
+        for name in names:
+            runs = results[name, connections]
+            rate = median([r.rate for r in runs])
+            p50, p99 = median([r.p50_ms for r in runs]), median([r.p99_ms for r in runs])
+            errors = sum(r.errors for r in runs)
+            print(f"{name:>6} {connections:>5} {rate:>9.0f} {p50:>7.2f} {p99:>7.2f} {errors:>6}")
+    for connections in args.connections:
+        proxy_runs, floor_runs, nginx_runs = (results[n, connections] for n in names)
+        to_floor = median([p.rate / f.rate for p, f in zip(proxy_runs, floor_runs, strict=True)])
+        to_nginx = median([p.rate / n.rate for p, n in zip(proxy_runs, nginx_runs, strict=True)])
+        print(
+            f"c={connections}: proxy/floor {to_floor:.2f}, proxy/nginx {to_nginx:.2f} "
+            "(median of per-round ratios)"
+        )
+    hits = hits_after[0] - hits_before[0]
+    total = hits_after[1] - hits_before[1]
+    print(f"proxy answers that were hits during the measured runs: {hits:.0f} of {total:.0f}")
+
+
+if __name__ == "__main__":
+    main()
