@@ -198,7 +198,7 @@ class CachedReads:
         self._coordination = coordination
         self._clock = clock
         self._fills: SingleFlight[EntryKey, _Filled, _Plan] = SingleFlight(tasks)
-        self._lookups: dict[EntryKey, asyncio.Task[Lookup]] = {}
+        self._lookups: dict[EntryKey, asyncio.Future[Lookup]] = {}
         self._tasks = tasks
         self._refreshes: SingleFlight[EntryKey, _Filled, None] = SingleFlight(tasks)
 
@@ -276,17 +276,35 @@ class CachedReads:
         """One store lookup per key at a time in this process: concurrent requests share it.
 
         A herd arrives all at once, before any fill is in flight to join; sharing the lookup
-        keeps it to one store round trip per key and process instead of one per request.
+        keeps it to one store round trip per key and process instead of one per request. The
+        first request looks up inline (a task per hit would cost an event-loop turn) and hands
+        the answer to the others through a future; if it is cancelled, they look up themselves.
         """
         pending = self._lookups.get(key)
-        if pending is None:
-            # a task of its own: one caller going away must not cancel the others' lookup
-            pending = self._tasks.spawn(self._store.lookup(key), name="lookup")
-            self._lookups[key] = pending
-            pending.add_done_callback(
-                lambda done: self._lookups.pop(key) if self._lookups.get(key) is done else None
-            )
-        return await asyncio.shield(pending)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not pending.cancelled() or (current is not None and current.cancelling()):
+                    raise
+            return await self._store.lookup(key)  # the first request went away mid-lookup
+        shared: asyncio.Future[Lookup] = asyncio.get_running_loop().create_future()
+        self._lookups[key] = shared
+        try:
+            found = await self._store.lookup(key)
+        except asyncio.CancelledError:
+            shared.cancel()
+            raise
+        except Exception as exc:
+            shared.set_exception(exc)
+            shared.exception()  # retrieved: with nobody joined, asyncio must not log it
+            raise
+        finally:
+            if self._lookups.get(key) is shared:
+                del self._lookups[key]
+        shared.set_result(found)
+        return found
 
     # -- fills ----------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class Metrics:
             buckets=STORE_BUCKETS,
             registry=registry,
         )
+        self._store_latency_children: dict[str, Histogram] = {}
         self._corrupt = Counter(
             "lunary_proxy_store_corrupt_entries",
             "Stored values that could not be decoded and were treated as misses.",
@@ -122,7 +123,10 @@ class Metrics:
         self._store_errors.labels(operation).inc()
 
     def store_latency(self, operation: str, seconds: float) -> None:
-        self._store_latency.labels(operation).observe(seconds)
+        child = self._store_latency_children.get(operation)
+        if child is None:  # labels() takes a lock and builds a tuple: once per operation
+            child = self._store_latency_children[operation] = self._store_latency.labels(operation)
+        child.observe(seconds)
 
     def corrupt_entry(self) -> None:
         self._corrupt.inc()

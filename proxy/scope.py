@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from base64 import urlsafe_b64encode
 
@@ -28,7 +27,7 @@ class ScopeHasher:
         if authorization is None and api_key is None:
             return ANONYMOUS
         message = _frame(authorization) + _frame(api_key)
-        digest = hmac.new(self._key, message, hashlib.sha256).digest()
+        digest = hmac.digest(self._key, message, "sha256")  # one-shot: no HMAC object
         return urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
