@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import zlib
+from dataclasses import replace
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -60,3 +64,44 @@ def test_damaged_values_are_refused(data: bytes) -> None:
 def test_arbitrary_bytes_either_decode_or_raise_corrupt_entry(data: bytes) -> None:
     with contextlib.suppress(codec.CorruptEntry):
         codec.decode(data)
+
+
+RUN_JSON = orjson.dumps(
+    {
+        "id": "6b1f0e0c-2f55-4c43-8a2b-9d2c3c1d7a10",
+        "output": [{"role": "assistant", "content": "The model answered the question. " * 60}],
+    }
+)
+
+
+def test_a_body_that_deflates_well_is_stored_deflated() -> None:
+    entry = replace(ENTRY, body=RUN_JSON)
+    encoded = codec.encode(entry)
+    assert encoded.startswith(codec.DEFLATED)
+    assert len(encoded) < len(RUN_JSON) // 2
+    assert codec.decode(encoded) == entry
+
+
+def test_a_body_that_does_not_deflate_is_stored_verbatim() -> None:
+    entry = replace(ENTRY, body=os.urandom(4096))
+    encoded = codec.encode(entry)
+    assert encoded.startswith(codec.MAGIC)
+    assert encoded.endswith(entry.body)
+    assert codec.decode(encoded) == entry
+
+
+def test_a_deflated_value_that_inflates_past_the_bound_is_corrupt() -> None:
+    """A foreign value under one of our keys must not make a hit inflate gigabytes."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    bomb = deflate.compress(b"\0" * (codec.MAX_INFLATED + 1)) + deflate.flush()
+    header = codec.encode(replace(ENTRY, body=b""))
+    with pytest.raises(codec.CorruptEntry):
+        codec.decode(codec.DEFLATED + header[len(codec.MAGIC) :] + bomb)
+
+
+def test_a_damaged_deflated_body_is_corrupt() -> None:
+    encoded = codec.encode(replace(ENTRY, body=RUN_JSON))
+    with pytest.raises(codec.CorruptEntry):
+        codec.decode(encoded[:-20])
+    with pytest.raises(codec.CorruptEntry):
+        codec.decode(encoded[:-40] + b"\xff" * 40)
