@@ -127,7 +127,7 @@ http {{
       proxy_cache runs;
       # like the proxy's key: the URI and both credential headers
       proxy_cache_key "$request_uri|$http_authorization|$http_x_api_key";
-      proxy_cache_valid 200 60s;
+      proxy_cache_valid 200 {fresh};
       proxy_cache_valid 404 5s;
       proxy_cache_lock on;
       add_header X-Cache $upstream_cache_status;
@@ -138,13 +138,15 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx(port: int, origin_port: int) -> Iterator[Service]:
+def nginx(port: int, origin_port: int, fresh: str = "60s") -> Iterator[Service]:
     """Debian's nginx with proxy_cache in front of the origin, in a directory of its own."""
     require("nginx")
     directory = tempfile.mkdtemp(prefix="lcp-bench-nginx-")
     user = "user root;" if os.geteuid() == 0 else ""  # workers must write the cache directory
     conf = Path(directory, "nginx.conf")
-    conf.write_text(NGINX_CONF.format(dir=directory, port=port, origin_port=origin_port, user=user))
+    conf.write_text(
+        NGINX_CONF.format(dir=directory, port=port, origin_port=origin_port, user=user, fresh=fresh)
+    )
     try:
         command = ["nginx", "-p", directory, "-c", str(conf), "-g", "daemon off;"]
         with service("nginx", command, port) as running:
@@ -172,7 +174,7 @@ def wrk(url: str, lua: str, *, connections: int, seconds: float, threads: int = 
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua + WRK_DONE)
     command = [
-        "wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds}s",
+        "wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds:g}s",
         "--timeout", "10s", "-s", script.name, url,
     ]  # fmt: skip
     try:

@@ -89,6 +89,7 @@ def main() -> None:
                 upstream_url=f"http://127.0.0.1:{origin_port}",
                 redis_url=redis.url,
                 scope_secret=SCOPE_SECRET,
+                cache_ttl="3600",  # every measured answer a fresh hit, however long the run
             ) as proxy,
             python_service(
                 "floor",
@@ -98,7 +99,7 @@ def main() -> None:
                 str(floor_port),
                 env={"FLOOR_REDIS_URL": redis.url},
             ) as floor,
-            nginx(nginx_port, origin_port) as cache,
+            nginx(nginx_port, origin_port, fresh="1h") as cache,
         ):
             warm(proxy.url, targets, "x-cache")
             warm(cache.url, targets, "x-cache")

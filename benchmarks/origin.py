@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
+import zlib
 from typing import cast
 
 import orjson
@@ -19,10 +21,26 @@ import uvloop
 
 NOT_FOUND = b'{"message":"Not found"}'
 UNAUTHORIZED = b'{"message":"Unauthorized"}'
+# Model output is prose, which deflates about 2-3x; a body padded with one repeated byte would
+# deflate 100x and flatter any compression. Texts are made once, then picked by run id.
+VOCABULARY = (
+    "the a of to and in is for that on with as it by this be are from at or an was which can "
+    "model answer question token prompt user assistant context summary result value request "
+    "response data list step first then next because however example function return error "
+    "retry latency cost output input message system tool call search document page section "
+    "table report score metric evaluation feedback trace span run parent child chain agent "
+    "retrieval embedding vector index query filter limit offset order time date number count "
+    "customer support ticket refund invoice account email address order shipping delivery "
+    "product price discount policy contract clause term section paragraph sentence word"
+)
+WORDS = VOCABULARY.split()
+TEXTS = [
+    " ".join(random.Random(seed).choices(WORDS, k=8000)).capitalize() + "." for seed in range(32)
+]
 
 
 def run_body(run_id: str, size: int = 2048) -> bytes:
-    """A settled run shaped like Lunary's, padded to about `size` bytes."""
+    """A settled run shaped like Lunary's, its output prose, about `size` bytes in all."""
     run = {
         "id": run_id,
         "projectId": "6b1f0e0c-2f55-4c43-8a2b-9d2c3c1d7a10",
@@ -41,8 +59,11 @@ def run_body(run_id: str, size: int = 2048) -> bytes:
         "metadata": {},
         "scores": [],
     }
-    pad = size - len(orjson.dumps(run))
-    run["output"][0]["content"] = "x" * max(pad, 0)  # type: ignore[index]
+    pad = max(size - len(orjson.dumps(run)), 0)
+    text = TEXTS[zlib.crc32(run_id.encode()) % len(TEXTS)]
+    while len(text) < pad:
+        text += " " + text
+    run["output"][0]["content"] = text[:pad]  # type: ignore[index]
     return orjson.dumps(run)
 
 
