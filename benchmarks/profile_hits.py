@@ -1,14 +1,16 @@
-"""Where a cache hit's CPU goes: py-spy samples the proxy while wrk replays the warm hit set.
+"""Where a hit's (or, with --misses, a miss's) CPU goes: py-spy samples the proxy under wrk.
 
-Prints the frames with the most samples, by own time and by inclusive time, and leaves a
-flame graph (SVG) for a closer look. Needs py-spy (pip install py-spy). Loopback only.
+Hits replay the warm hit set; misses ask for a new run every time from an origin with 30 ms
+latency. Prints the frames with the most samples, by own time and by inclusive time, and leaves
+a flame graph (SVG) for a closer look. Needs py-spy (pip install py-spy). Loopback only.
 
-    python -m benchmarks.profile_hits [--seconds 8] [--connections 64] [--svg /tmp/hits.svg]
+    python -m benchmarks.profile_hits [--misses] [--seconds 8] [--connections 64] [--svg F]
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from benchmarks.harness import cycling_requests, free_ports, proxy_service, python_service, wrk
 from benchmarks.hitpath import SCOPE_SECRET, hit_targets, warm
+from benchmarks.misspath import distinct_runs
 from tests.servers import RedisServer
 
 
@@ -58,6 +61,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--svg", default="")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--misses", action="store_true")
     args = parser.parse_args()
     spy = py_spy()
     targets = hit_targets(100, 4)
@@ -67,7 +71,15 @@ def main() -> None:
     raw = Path(tempfile.mkdtemp(prefix="lcp-profile-")) / "stacks.txt"
     try:
         with (
-            python_service("origin", "benchmarks.origin", origin_port, "--port", str(origin_port)),
+            python_service(
+                "origin",
+                "benchmarks.origin",
+                origin_port,
+                "--port",
+                str(origin_port),
+                "--latency",
+                "0.03" if args.misses else "0",
+            ),
             proxy_service(
                 proxy_port,
                 upstream_url=f"http://127.0.0.1:{origin_port}",
@@ -76,14 +88,18 @@ def main() -> None:
                 cache_ttl="3600",
             ) as proxy,
         ):
-            warm(proxy.url, targets, "x-cache")
+            if not args.misses:
+                warm(proxy.url, targets, "x-cache")
+            lua = (
+                distinct_runs(random.getrandbits(32)) if args.misses else cycling_requests(targets)
+            )
             record = [spy, "record", "-r", "250", "-d", str(args.seconds), "-p", str(proxy.pid)]
             spies = [subprocess.Popen([*record, "-f", "raw", "-o", str(raw)])]
             if args.svg:
                 spies.append(subprocess.Popen([*record, "-o", args.svg]))
             result = wrk(
                 proxy.url,
-                cycling_requests(targets),
+                lua,
                 connections=args.connections,
                 seconds=args.seconds + 1,
             )

@@ -2,6 +2,9 @@
 
 Lunary counts requests per first X-Forwarded-For address, so that address is the bucket. Once the
 upstream says 429, no replica sends another request in that bucket until Retry-After has passed.
+A replica that found a bucket clear in the store trusts that for CLEAR_FOR seconds: a steady
+stream of misses then costs the store one cooldown read a second per bucket instead of one per
+miss, and another replica's 429 reaches it within that second (its own 429s, at once).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from proxy.headers import Header, first_value, retry_after_seconds
 from proxy.ports import Store, StoreError
 
 MAX_LOCAL_BUCKETS = 10_000
+CLEAR_FOR = 1.0
 
 
 class RateLimited(Exception):
@@ -28,17 +32,20 @@ class Cooldowns:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._local: dict[str, float] = {}
+        self._clear_until: dict[str, float] = {}  # bucket -> until when the store said "clear"
 
     async def remaining(self, bucket: str, now: float) -> float:
         """Seconds left in `bucket`'s cooldown; 0 when it may call the upstream."""
         until = self._local.get(bucket, 0.0)
-        if until <= now:
+        if until <= now and self._clear_until.get(bucket, 0.0) <= now:
             try:
                 until = await self._store.cooldown_until(bucket)
             except StoreError:
                 until = 0.0  # the store is down: what this process learned itself still holds
             if until > now:
                 self._remember(bucket, until, now)
+            else:
+                self._remember_clear(bucket, now)
         return max(0.0, until - now)
 
     async def start(self, bucket: str, seconds: float, now: float) -> None:
@@ -63,6 +70,11 @@ class Cooldowns:
         retry_after = first_value(headers, b"retry-after")
         await self.start(bucket, retry_after_seconds(retry_after, now), now)
         return True
+
+    def _remember_clear(self, bucket: str, now: float) -> None:
+        if len(self._clear_until) >= MAX_LOCAL_BUCKETS:
+            self._clear_until = {b: u for b, u in self._clear_until.items() if u > now}
+        self._clear_until[bucket] = now + CLEAR_FOR
 
     def _remember(self, bucket: str, until: float, now: float) -> None:
         if len(self._local) >= MAX_LOCAL_BUCKETS:
