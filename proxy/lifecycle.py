@@ -361,10 +361,12 @@ class CachedReads:
         if fill.use_store and coordinate:
             with self._store.watch_fill(fill.key) as landed:
                 token = mine = secrets.token_hex(8)
+                current: Lookup | None = None
                 try:
-                    leading = await self._store.begin_fill(
+                    current = await self._store.lead_fill(
                         fill.key, mine, self._coordination.lock_lease
                     )
+                    leading = current is not None
                 except StoreError:
                     leading, token = True, None  # cannot coordinate: in-process single-flight holds
                 if not leading:
@@ -378,13 +380,17 @@ class CachedReads:
                     if not followed:
                         self._metrics.coalesced("timeout")
                         token = None  # the lock is still another replica's: fetch on our own
-                elif token is not None:
-                    # another replica may have stored the entry between our lookup and the lock
-                    landed_meanwhile = await self._fresh_entry(fill)
-                    if landed_meanwhile is not None:
-                        await self._release(fill.key, token)
-                        self._metrics.coalesced("replica")
-                        return _Filled(None, landed_meanwhile)
+                elif (
+                    token is not None
+                    and current is not None
+                    and current.entry is not None
+                    and self._answers(current.entry, fill)
+                ):
+                    # another replica stored the entry between our lookup and the lock: the
+                    # store read it in the same call that gave us the lock
+                    await self._release(fill.key, token)
+                    self._metrics.coalesced("replica")
+                    return _Filled(None, current.entry)
         try:
             if followed_another:
                 await self._check_cooldown(fill)  # the leader we waited for may have met a 429
@@ -401,14 +407,6 @@ class CachedReads:
         except RateLimited:
             self._metrics.cooldown_rejection()
             raise
-
-    async def _fresh_entry(self, fill: _Fill) -> Entry | None:
-        """A fresh entry stored after the one this fill's request saw, if there is one now."""
-        try:
-            found = await self._store.lookup(fill.key)
-        except StoreError:
-            return None
-        return found.entry if self._answers(found.entry, fill) else None
 
     def _answers(self, entry: Entry | None, fill: _Fill) -> bool:
         return (

@@ -43,6 +43,11 @@ class Store(Protocol):
         """Take the fill lock of `key` for `lease` seconds (True), or flag ourselves as a waiter."""
         ...
 
+    async def lead_fill(self, key: EntryKey, token: str, lease: float) -> Lookup | None:
+        """begin_fill and, when we lead, the entry under `key` now, in one store call: a replica
+        may have stored it between our lookup and the lock. None when another replica leads."""
+        ...
+
     async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
         """Store `entry` (if any), release the lock if `token` still holds it, wake waiters."""
         ...

@@ -56,6 +56,9 @@ class GuardedStore:
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         return await self._call("begin_fill", lambda: self._inner.begin_fill(key, token, lease))
 
+    async def lead_fill(self, key: EntryKey, token: str, lease: float) -> Lookup | None:
+        return await self._call("begin_fill", lambda: self._inner.lead_fill(key, token, lease))
+
     async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
         # always attempted, even with the breaker open: a lock left behind would make other
         # replicas wait out their coalesce timeout

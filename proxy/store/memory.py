@@ -96,6 +96,9 @@ class MemoryStore:
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         return True  # one process: in-process single-flight already made us the only filler
 
+    async def lead_fill(self, key: EntryKey, token: str, lease: float) -> Lookup | None:
+        return await self.lookup(key)  # always the leader here (see begin_fill)
+
     async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
         if entry is not None:
             await self.save(key, entry)

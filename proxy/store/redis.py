@@ -32,11 +32,14 @@ REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 KEY_PREFIX = "lcp:1:"
 FILLED_CHANNEL = KEY_PREFIX + "filled"
 
-# KEYS: lock, wait flag. ARGV: token, lease ms. Lead (1), or flag a waiter and follow (0).
+# KEYS: lock, wait flag, generation, entry. ARGV: token, lease ms. Lead: {1, generation, entry}
+# (what is stored now, read in the same step); or flag a waiter and follow: {0}.
 BEGIN_FILL = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4])}
+end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-return 0
+return {0}
 """
 # KEYS: generation. ARGV: how long it must outlive the entries written under older generations.
 # Generations never repeat (microseconds of the server clock, and always above the last one), so
@@ -114,6 +117,9 @@ class RedisStore:
                 )
         except REDIS_FAILURES as exc:
             raise StoreError(f"lookup failed: {type(exc).__name__}") from exc
+        return self._found(generation_raw, data)
+
+    def _found(self, generation_raw: object, data: object) -> Lookup:
         generation = _as_generation(generation_raw)
         if not isinstance(data, bytes):
             return Lookup(None, generation)
@@ -147,13 +153,27 @@ class RedisStore:
         return 0  # the entries are dead, not counted: counting them would need a scan
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
-        keys = [lock_redis_key(key), wait_redis_key(key)]
+        return (await self._lock(key, token, lease))[0] == 1
+
+    async def lead_fill(self, key: EntryKey, token: str, lease: float) -> Lookup | None:
+        reply = await self._lock(key, token, lease)
+        if reply[0] != 1:
+            return None
+        return self._found(reply[1], reply[2])
+
+    async def _lock(self, key: EntryKey, token: str, lease: float) -> list[object]:
+        keys = [
+            lock_redis_key(key),
+            wait_redis_key(key),
+            generation_redis_key(key.run_id),
+            entry_redis_key(key),
+        ]
         try:
             async with asyncio.timeout(self._timeout):
-                leading = await self._begin_fill(keys=keys, args=[token, _ms(lease)])
+                reply: list[object] = await self._begin_fill(keys=keys, args=[token, _ms(lease)])
         except REDIS_FAILURES as exc:
             raise StoreError(f"begin_fill failed: {type(exc).__name__}") from exc
-        return bool(leading)
+        return reply
 
     async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
         keys = [entry_redis_key(key), lock_redis_key(key), wait_redis_key(key)]

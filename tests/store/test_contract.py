@@ -137,3 +137,29 @@ async def test_a_generation_is_never_reused_even_after_it_expired(store: Store) 
     await store.invalidate_run(RUN, keep_for=60)  # a later write
 
     assert (await store.lookup(key)).entry is None
+
+
+async def test_leading_a_fill_reads_what_is_stored_now(store: Store) -> None:
+    """The leader learns, in the call that gives it the lock, of an entry stored meanwhile."""
+    empty, stored = EntryKey(RUN, "run:s1"), EntryKey(RUN, "run:s2")
+    await store.save(stored, entry())
+
+    nothing = await store.lead_fill(empty, "token-1", lease=5)
+    something = await store.lead_fill(stored, "token-2", lease=5)
+
+    assert nothing is not None
+    assert nothing.entry is None
+    assert something is not None
+    assert something.entry == entry()
+
+
+async def test_leading_a_fill_after_an_invalidation_reads_no_entry(store: Store) -> None:
+    key = EntryKey(RUN, "run:s1")
+    await store.save(key, entry())
+    await store.invalidate_run(RUN, keep_for=60)
+
+    current = await store.lead_fill(key, "token", lease=5)
+
+    assert current is not None
+    assert current.entry is None
+    assert current.generation > 0

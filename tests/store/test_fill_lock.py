@@ -116,3 +116,17 @@ async def test_a_stale_leader_does_not_take_the_wake_up_a_newer_leader_owes(
         await asyncio.wait_for(landed, 2)
 
     assert not woken_early
+
+
+async def test_only_the_leader_is_handed_the_current_entry(
+    replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = replicas
+    await a.store.save(KEY, ENTRY)
+
+    leader = await a.store.lead_fill(KEY, "token-a", lease=5)
+    follower = await b.store.lead_fill(KEY, "token-b", lease=5)
+
+    assert leader is not None
+    assert leader.entry == ENTRY
+    assert follower is None  # another replica leads: b waits for it instead
