@@ -18,7 +18,10 @@ import httpx
 
 from benchmarks.floor import floor_key
 from benchmarks.harness import (
+    Service,
     WrkResult,
+    children,
+    cpu_seconds,
     cycling_requests,
     free_ports,
     median,
@@ -49,6 +52,11 @@ def warm(url: str, targets: list[tuple[str, dict[str, str]]], hit_header: str) -
             answer = client.get(path, headers=headers)
             if answer.headers.get(hit_header) != "HIT":
                 raise RuntimeError(f"{url}{path} is not a hit after warming: {answer.headers}")
+
+
+def server_pids(service: Service) -> list[int]:
+    """The processes that serve: nginx's workers, or the Python server itself."""
+    return children(service.pid) if service.name == "nginx" else [service.pid]
 
 
 def proxy_hits(url: str) -> tuple[float, float]:
@@ -103,9 +111,11 @@ def main() -> None:
         ):
             warm(proxy.url, targets, "x-cache")
             warm(cache.url, targets, "x-cache")
-            systems = {"proxy": proxy.url, "floor": floor.url, "nginx": cache.url}
+            services = {"proxy": proxy, "floor": floor, "nginx": cache}
+            systems = {name: service.url for name, service in services.items()}
             for url in systems.values():  # one short unmeasured run each: JIT-free, but warm
                 wrk(url, lua, connections=8, seconds=2)
+            cpu: dict[tuple[str, int], list[float]] = defaultdict(list)
             hits_before = proxy_hits(proxy.url)
             results: dict[tuple[str, int], list[WrkResult]] = defaultdict(list)
             names = list(systems)
@@ -113,14 +123,19 @@ def main() -> None:
                 for connections in args.connections:
                     turn = names[round_number % 3 :] + names[: round_number % 3]
                     for name in turn:
+                        pids = server_pids(services[name])
+                        before = sum(cpu_seconds(pid) for pid in pids)
                         result = wrk(
                             systems[name], lua, connections=connections, seconds=args.seconds
                         )
+                        used = sum(cpu_seconds(pid) for pid in pids) - before
                         results[name, connections].append(result)
+                        cpu[name, connections].append(used / max(result.requests, 1) * 1e6)
                         print(
                             f"round {round_number + 1} {name:>5} c={connections:<3} "
                             f"{result.rate:>9.0f} req/s  p50 {result.p50_ms:6.2f} ms  "
-                            f"p99 {result.p99_ms:6.2f} ms  errors {result.errors}",
+                            f"p99 {result.p99_ms:6.2f} ms  errors {result.errors}  "
+                            f"CPU {cpu[name, connections][-1]:.0f} us/request",
                             flush=True,
                         )
             hits_after = proxy_hits(proxy.url)
@@ -128,21 +143,34 @@ def main() -> None:
         redis.close()
 
     print("\nmedians over", args.rounds, "rounds (wrk, loopback, 1 worker each)")
-    print(f"{'system':>6} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    print(
+        f"{'system':>6} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'CPU us/req':>10}"
+    )
     for connections in args.connections:
         for name in names:
             runs = results[name, connections]
             rate = median([r.rate for r in runs])
             p50, p99 = median([r.p50_ms for r in runs]), median([r.p99_ms for r in runs])
             errors = sum(r.errors for r in runs)
-            print(f"{name:>6} {connections:>5} {rate:>9.0f} {p50:>7.2f} {p99:>7.2f} {errors:>6}")
+            per_request = median(cpu[name, connections])
+            print(
+                f"{name:>6} {connections:>5} {rate:>9.0f} {p50:>7.2f} {p99:>7.2f} {errors:>6} "
+                f"{per_request:>10.0f}"
+            )
     for connections in args.connections:
         proxy_runs, floor_runs, nginx_runs = (results[n, connections] for n in names)
         to_floor = median([p.rate / f.rate for p, f in zip(proxy_runs, floor_runs, strict=True)])
         to_nginx = median([p.rate / n.rate for p, n in zip(proxy_runs, nginx_runs, strict=True)])
+        cpu_to_floor = median(
+            [
+                p / f
+                for p, f in zip(cpu["proxy", connections], cpu["floor", connections], strict=True)
+            ]
+        )
         print(
             f"c={connections}: proxy/floor {to_floor:.2f}, proxy/nginx {to_nginx:.2f} "
-            "(median of per-round ratios)"
+            f"(median of per-round ratios); CPU per hit proxy/floor {cpu_to_floor:.2f}"
         )
     hits = hits_after[0] - hits_before[0]
     total = hits_after[1] - hits_before[1]

@@ -51,6 +51,22 @@ def origin_count(url: str) -> int:
     return int(httpx.get(url + "/__count", timeout=5).text)
 
 
+def proxy_counters(url: str) -> dict[str, float]:
+    """Cache results and store errors so far, from the proxy's own metrics."""
+    counters: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        for family, label in (
+            ("lunary_proxy_requests_total", "cache"),
+            ("lunary_proxy_store_errors_total", "operation"),
+        ):
+            if line.startswith(family + "{"):
+                value = line.rsplit(" ", 1)[1]
+                name = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+                key = f"{'store error ' if label == 'operation' else ''}{name}"
+                counters[key] = counters.get(key, 0.0) + float(value)
+    return counters
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -87,6 +103,7 @@ def main() -> None:
             systems = {"proxy": proxy.url, "nginx": cache.url, "direct": origin.url}
             for url in systems.values():  # warm connections and code paths, unmeasured
                 wrk(url, distinct_runs(random.getrandbits(32)), connections=8, seconds=2)
+            counters_before = proxy_counters(proxy.url)
             for round_number in range(args.rounds):
                 turn = names[round_number % 3 :] + names[: round_number % 3]
                 for name in turn:
@@ -105,6 +122,7 @@ def main() -> None:
                         f"fetches/request {fetches:.3f}  errors {result.errors}",
                         flush=True,
                     )
+            counters_after = proxy_counters(proxy.url)
     finally:
         redis.close()
 
@@ -121,6 +139,15 @@ def main() -> None:
     rate_ratio = median([p.rate / n.rate for (p, _), (n, _) in pairs])
     p99_ratio = median([p.p99_ms / n.p99_ms for (p, _), (n, _) in pairs])
     print(f"proxy/nginx: throughput {rate_ratio:.2f}, p99 {p99_ratio:.2f} (median of per-round)")
+    seen = {
+        name: counters_after[name] - counters_before.get(name, 0.0)
+        for name in sorted(counters_after)
+        if counters_after[name] != counters_before.get(name, 0.0)
+    }
+    print("proxy during the measured runs:", ", ".join(f"{n} {v:.0f}" for n, v in seen.items()))
+    print(
+        "(fetches/request above 1: requests wrk had in flight when it stopped reached the origin)"
+    )
 
 
 if __name__ == "__main__":
