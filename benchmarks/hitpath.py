@@ -13,6 +13,7 @@ import argparse
 import re
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import httpx
 
@@ -55,8 +56,14 @@ def warm(url: str, targets: list[tuple[str, dict[str, str]]], hit_header: str) -
 
 
 def server_pids(service: Service) -> list[int]:
-    """The processes that serve: nginx's workers, or the Python server itself."""
-    return children(service.pid) if service.name == "nginx" else [service.pid]
+    """The processes that serve: nginx's workers (not its cache loader), or the Python server."""
+    if service.name != "nginx":
+        return [service.pid]
+    return [
+        pid
+        for pid in children(service.pid)
+        if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: worker")
+    ]
 
 
 def proxy_hits(url: str) -> tuple[float, float]:
