@@ -94,6 +94,27 @@ def python_service(
     return service(name, [sys.executable, "-m", module, *args], port, env)
 
 
+def origin_service(
+    port: int, *, latency: float = 0.0, body_bytes: int = 2048
+) -> contextlib.AbstractContextManager[Service]:
+    """The fast fake Lunary (benchmarks/origin.py) in its own process."""
+    options = ["--port", str(port), "--latency", str(latency), "--body-bytes", str(body_bytes)]
+    return python_service("origin", "benchmarks.origin", port, *options)
+
+
+# Replicas (and benchmark runs) that share one Redis must share the scope secret too.
+SCOPE_SECRET = "benchmark-scope-secret-0123456789abcdef"
+
+
+def shared_proxy(
+    port: int, origin_url: str, redis_url: str, **settings: str
+) -> contextlib.AbstractContextManager[Service]:
+    """The proxy in front of `origin_url`, caching in the Redis at `redis_url`."""
+    return proxy_service(
+        port, upstream_url=origin_url, redis_url=redis_url, scope_secret=SCOPE_SECRET, **settings
+    )
+
+
 def proxy_service(port: int, **settings: str) -> contextlib.AbstractContextManager[Service]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
     env.update({"PROXY_HOST": "127.0.0.1", "PROXY_PORT": str(port)})

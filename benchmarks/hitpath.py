@@ -27,15 +27,14 @@ from benchmarks.harness import (
     free_ports,
     median,
     nginx,
-    proxy_service,
+    origin_service,
     python_service,
     require,
+    shared_proxy,
     wrk,
 )
 from benchmarks.origin import run_body
 from tests.servers import RedisServer
-
-SCOPE_SECRET = "benchmark-scope-secret-0123456789abcdef"
 
 
 def hit_targets(runs: int, credentials: int) -> list[tuple[str, dict[str, str]]]:
@@ -98,14 +97,9 @@ def main() -> None:
             body = run_body(path.rsplit("/", 1)[1])
             client.set(floor_key(path.encode(), headers["Authorization"].encode()), body)
         with (
-            python_service("origin", "benchmarks.origin", origin_port, "--port", str(origin_port)),
-            proxy_service(
-                proxy_port,
-                upstream_url=f"http://127.0.0.1:{origin_port}",
-                redis_url=redis.url,
-                scope_secret=SCOPE_SECRET,
-                cache_ttl="3600",  # every measured answer a fresh hit, however long the run
-            ) as proxy,
+            origin_service(origin_port) as origin,
+            # every measured answer a fresh hit, however long the run
+            shared_proxy(proxy_port, origin.url, redis.url, cache_ttl="3600") as proxy,
             python_service(
                 "floor",
                 "benchmarks.floor",

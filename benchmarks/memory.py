@@ -14,11 +14,9 @@ import uuid
 
 import httpx
 
-from benchmarks.harness import free_ports, median, proxy_service, python_service, require
+from benchmarks.harness import free_ports, median, origin_service, require, shared_proxy
 from benchmarks.origin import run_body
 from tests.servers import RedisServer
-
-SCOPE_SECRET = "benchmark-scope-secret-0123456789abcdef"
 
 
 def measure(size: int, entries: int) -> tuple[float, float, int]:
@@ -28,18 +26,8 @@ def measure(size: int, entries: int) -> tuple[float, float, int]:
     redis.start()
     try:
         with (
-            python_service(
-                "origin",
-                "benchmarks.origin",
-                origin_port,
-                "--port",
-                str(origin_port),
-                "--body-bytes",
-                str(size),
-            ) as origin,
-            proxy_service(
-                proxy_port, upstream_url=origin.url, redis_url=redis.url, scope_secret=SCOPE_SECRET
-            ) as proxy,
+            origin_service(origin_port, body_bytes=size) as origin,
+            shared_proxy(proxy_port, origin.url, redis.url) as proxy,
             httpx.Client(base_url=proxy.url, timeout=10) as client,
         ):
             for _ in range(entries):

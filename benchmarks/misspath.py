@@ -20,14 +20,12 @@ from benchmarks.harness import (
     free_ports,
     median,
     nginx,
-    proxy_service,
-    python_service,
+    origin_service,
     require,
+    shared_proxy,
     wrk,
 )
 from tests.servers import RedisServer
-
-SCOPE_SECRET = "benchmark-scope-secret-0123456789abcdef"
 
 
 def distinct_runs(nonce: int) -> str:
@@ -83,21 +81,8 @@ def main() -> None:
     names = ["proxy", "nginx", "direct"]
     try:
         with (
-            python_service(
-                "origin",
-                "benchmarks.origin",
-                origin_port,
-                "--port",
-                str(origin_port),
-                "--latency",
-                str(args.latency),
-            ) as origin,
-            proxy_service(
-                proxy_port,
-                upstream_url=origin.url,
-                redis_url=redis.url,
-                scope_secret=SCOPE_SECRET,
-            ) as proxy,
+            origin_service(origin_port, latency=args.latency) as origin,
+            shared_proxy(proxy_port, origin.url, redis.url) as proxy,
             nginx(nginx_port, origin_port) as cache,
         ):
             systems = {"proxy": proxy.url, "nginx": cache.url, "direct": origin.url}

@@ -18,8 +18,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.harness import cycling_requests, free_ports, proxy_service, python_service, wrk
-from benchmarks.hitpath import SCOPE_SECRET, hit_targets, warm
+from benchmarks.harness import cycling_requests, free_ports, origin_service, shared_proxy, wrk
+from benchmarks.hitpath import hit_targets, warm
 from benchmarks.misspath import distinct_runs
 from tests.servers import RedisServer
 
@@ -71,22 +71,8 @@ def main() -> None:
     raw = Path(tempfile.mkdtemp(prefix="lcp-profile-")) / "stacks.txt"
     try:
         with (
-            python_service(
-                "origin",
-                "benchmarks.origin",
-                origin_port,
-                "--port",
-                str(origin_port),
-                "--latency",
-                "0.03" if args.misses else "0",
-            ),
-            proxy_service(
-                proxy_port,
-                upstream_url=f"http://127.0.0.1:{origin_port}",
-                redis_url=redis.url,
-                scope_secret=SCOPE_SECRET,
-                cache_ttl="3600",
-            ) as proxy,
+            origin_service(origin_port, latency=0.03 if args.misses else 0.0) as origin,
+            shared_proxy(proxy_port, origin.url, redis.url, cache_ttl="3600") as proxy,
         ):
             if not args.misses:
                 warm(proxy.url, targets, "x-cache")

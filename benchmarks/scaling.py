@@ -19,12 +19,12 @@ from benchmarks.harness import (
     cycling_requests,
     free_ports,
     median,
-    proxy_service,
-    python_service,
+    origin_service,
     require,
+    shared_proxy,
     wrk,
 )
-from benchmarks.hitpath import SCOPE_SECRET, hit_targets, warm
+from benchmarks.hitpath import hit_targets, warm
 from tests.servers import RedisServer
 
 
@@ -43,15 +43,10 @@ def main() -> None:
     redis.start()
     rates: dict[int, list[float]] = defaultdict(list)
     try:
-        common = {"redis_url": redis.url, "scope_secret": SCOPE_SECRET}
         with (
-            python_service("origin", "benchmarks.origin", origin_port, "--port", str(origin_port)),
-            proxy_service(
-                one_port, upstream_url=f"http://127.0.0.1:{origin_port}", workers="1", **common
-            ) as one,
-            proxy_service(
-                two_port, upstream_url=f"http://127.0.0.1:{origin_port}", workers="2", **common
-            ) as two,
+            origin_service(origin_port) as origin,
+            shared_proxy(one_port, origin.url, redis.url, workers="1") as one,
+            shared_proxy(two_port, origin.url, redis.url, workers="2") as two,
         ):
             warm(one.url, targets, "x-cache")  # both share the Redis entries
             proxies = {1: one, 2: two}

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import uvloop
 
-from benchmarks.harness import free_ports, median, python_service
+from benchmarks.harness import free_ports, median, origin_service
 from benchmarks.httpx_upstream import HttpxUpstream
 from proxy.ports import Upstream, UpstreamRequest
 from proxy.upstream import AiohttpUpstream
@@ -64,9 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     (port,) = free_ports(1)
     results: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
-    with python_service(
-        "origin", "benchmarks.origin", port, "--port", str(port), "--latency", "0.03"
-    ) as origin:
+    with origin_service(port, latency=0.03) as origin:
         for round_number in range(args.rounds):
             names = list(CLIENTS) if round_number % 2 == 0 else list(reversed(CLIENTS))
             for in_flight in args.in_flight:
