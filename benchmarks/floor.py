@@ -16,6 +16,8 @@ from typing import Any
 import uvicorn
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from proxy.__main__ import SERVER_OPTIONS
+
 Scope = dict[str, Any]
 NOT_FOUND = {"type": "http.response.start", "status": 404, "headers": []}
 HEADERS = [(b"content-type", b"application/json; charset=utf-8")]
@@ -54,11 +56,8 @@ def main() -> None:
         Floor(os.environ["FLOOR_REDIS_URL"]),
         host="127.0.0.1",
         port=args.port,
-        proxy_headers=False,
-        server_header=False,
-        access_log=False,
-        log_config=None,
         lifespan="off",
+        **SERVER_OPTIONS,
     )
 
 

@@ -6,11 +6,21 @@ import logging
 import os
 import secrets
 import sys
+from typing import Any
 
 import uvicorn
 
 from config import ConfigError, load_settings
 from proxy import logs
+
+# How uvicorn serves the proxy (benchmarks/floor.py serves the Python floor the same way).
+SERVER_OPTIONS: dict[str, Any] = {
+    # the client address must be the socket peer, never rewritten from its own headers
+    "proxy_headers": False,
+    "server_header": False,
+    "access_log": False,  # the proxy writes its own access line
+    "log_config": None,
+}
 
 
 def main() -> None:
@@ -35,13 +45,9 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        # the client address must be the socket peer, never rewritten from its own headers
-        proxy_headers=False,
-        server_header=False,
-        access_log=False,
-        log_config=None,
         lifespan="on",
         timeout_graceful_shutdown=max(5, int(settings.upstream_timeout) + 1),
+        **SERVER_OPTIONS,
     )
 
 
