@@ -293,12 +293,12 @@ class CachedReads:
         self._lookups[key] = shared
         try:
             found = await self._store.lookup(key)
-        except asyncio.CancelledError:
-            shared.cancel()
-            raise
         except Exception as exc:
             shared.set_exception(exc)
             shared.exception()  # retrieved: with nobody joined, asyncio must not log it
+            raise
+        except BaseException:  # cancelled (or the process is going down): joiners look up
+            shared.cancel()
             raise
         finally:
             if self._lookups.get(key) is shared:

@@ -55,20 +55,25 @@ class ConsoleFormatter(logging.Formatter):
 
 # How long an access line may wait in the buffer: one write for all lines of that interval.
 FLUSH_EVERY = 0.1
+FLUSH_AT = 64 * 1024
+PIPE_BUF = 4096  # writes up to this size to a pipe are never interleaved with other writers
 
 
 class JsonLines:
     """The access line's fast path: the JsonFormatter's line, written without a LogRecord.
 
     One line per request through `logging` costs a record, a formatter pass and a write system
-    call of its own. Here the line goes into the stream's byte buffer, and one write every
-    FLUSH_EVERY seconds (or whenever the buffer fills, and at exit) sends them all: a process
-    killed outright loses at most that interval's lines.
+    call of its own. Here lines gather in a buffer of our own (stderr's may be unbuffered, as
+    with PYTHONUNBUFFERED), and one flush every FLUSH_EVERY seconds (sooner when the buffer
+    holds FLUSH_AT bytes, before any other log line, and at exit) writes them out: whole lines,
+    at most PIPE_BUF bytes a write, so lines from several workers sharing a pipe never mix. A
+    process killed outright loses at most that interval's lines.
     """
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
-        self._flush_pending = False
+        self._pending = bytearray()
+        self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._second = -1
         self._second_text = b""
         atexit.register(self.flush)
@@ -81,18 +86,38 @@ class JsonLines:
             "message": message,
             **fields,
         }
-        self._stream.write(orjson.dumps(line, default=str) + b"\n")
-        if self._flush_pending:
+        self._pending += orjson.dumps(line, default=str) + b"\n"
+        if len(self._pending) >= FLUSH_AT:
+            self.flush()
             return
         try:
-            asyncio.get_running_loop().call_later(FLUSH_EVERY, self.flush)
-            self._flush_pending = True
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop: write through
             self.flush()
+            return
+        if self._flush_loop is not loop:  # none scheduled on this loop (a closed one's is moot)
+            loop.call_later(FLUSH_EVERY, self.flush)
+            self._flush_loop = loop
 
     def flush(self) -> None:
-        self._flush_pending = False
+        self._flush_loop = None
+        data, self._pending = bytes(self._pending), bytearray()
+        start = 0
+        while start < len(data):
+            end = len(data)
+            if end - start > PIPE_BUF:
+                cut = data.rfind(b"\n", start, start + PIPE_BUF)
+                end = cut + 1 if cut >= start else data.find(b"\n", start) + 1 or len(data)
+            self._write_all(memoryview(data)[start:end])
+            start = end
+
+    def _write_all(self, chunk: memoryview) -> None:
         with contextlib.suppress(OSError, ValueError):  # a closed or broken stream: lines lost
+            while chunk:
+                written = self._stream.write(chunk)
+                if not written:  # would block: drop rather than stall the event loop
+                    return
+                chunk = chunk[written:]
             self._stream.flush()
 
     def _timestamp(self, now: float) -> str:
@@ -117,10 +142,21 @@ def info_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> N
     logger.info(message, extra=fields)
 
 
+class _AfterAccessLines(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes buffered access lines first, so every line keeps its place in time."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _json_lines is not None:
+            _json_lines.flush()
+        super().emit(record)
+
+
 def configure(level: str, fmt: str) -> None:
     """Route every logger (uvicorn's included) to stderr in the chosen format."""
     global _json_lines
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _AfterAccessLines(sys.stderr)
+    if _json_lines is not None:
+        _json_lines.flush()
     _json_lines = None
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()

@@ -74,6 +74,8 @@ class Cooldowns:
     def _remember_clear(self, bucket: str, now: float) -> None:
         if len(self._clear_until) >= MAX_LOCAL_BUCKETS:
             self._clear_until = {b: u for b, u in self._clear_until.items() if u > now}
+            if len(self._clear_until) >= MAX_LOCAL_BUCKETS // 2:  # a flood of buckets: forget
+                self._clear_until.clear()
         self._clear_until[bucket] = now + CLEAR_FOR
 
     def _remember(self, bucket: str, until: float, now: float) -> None:

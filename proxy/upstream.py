@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -29,6 +31,7 @@ RESPONSE_DROP = frozenset({b"date", b"x-request-id"})
 # What aiohttp would add on its own: the request goes out with the client's headers only.
 NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 CHUNK = 64 * 1024
+MAX_HEADER_BYTES = 16 * 1024
 
 
 class AiohttpUpstream:
@@ -55,6 +58,10 @@ class AiohttpUpstream:
                 skip_auto_headers=NO_AUTO_HEADERS,
                 cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookie to another
                 requote_redirect_url=False,
+                trust_env=True,  # HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE, as httpx honoured them
+                # as much header as h11 (httpx) accepted: a long upstream header is not a 502
+                max_line_size=MAX_HEADER_BYTES,
+                max_field_size=MAX_HEADER_BYTES,
             )
         return self._session
 
@@ -82,7 +89,7 @@ class AiohttpUpstream:
                         headers=_response_headers(response),
                         body=b"".join(parts),
                         complete=False,
-                        rest=_closing(chunks, response),
+                        rest=_Rest(chunks, response),
                         elapsed=time.perf_counter() - started,
                     )
         except BaseException:
@@ -120,15 +127,23 @@ class AiohttpUpstream:
             target += "?" + request.query_string.decode("latin-1")
         # encoded=True: yarl sends the request-target as the client wrote it, never re-quoted
         url = URL(self._base + target, encoded=True)
+        # aiohttp writes header values as UTF-8: decoding them as UTF-8 sends the client's bytes
+        # back out unchanged (latin-1 would double-encode anything above 0x7f)
         headers = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
+            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
+            for name, value in request.headers
         )
         # aiohttp reports a failing request body as a connection error: keep the body's own
         # exception (too large, client gone) so the caller can answer it for what it is
         body_failures: list[Exception] = []
-        body = None if request.body is None else _recording(request.body, body_failures)
+        upload = _Upload(asyncio.current_task())
+        body = (
+            None
+            if request.body is None
+            else _recording(request.body, body_failures, self._timeout, upload)
+        )
         try:
-            return await self._client().request(
+            response = await self._client().request(
                 request.method,
                 url,
                 headers=headers,
@@ -136,12 +151,20 @@ class AiohttpUpstream:
                 allow_redirects=False,
                 compress=None,
             )
+        except asyncio.CancelledError:
+            # the upload watchdog cancelled this request (and nobody else did): a timeout
+            task = upload.task
+            if upload.stalled and task is not None and task.uncancel() == 0:
+                raise UpstreamTimeout("the upstream stopped reading the request body") from None
+            raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if body_failures:
                 raise body_failures[0] from exc
             if isinstance(exc, TimeoutError):
                 raise UpstreamTimeout(type(exc).__name__) from exc
             raise UpstreamUnreachable(type(exc).__name__) from exc
+        upload.response = response  # the body may still be going up while the answer comes
+        return response
 
 
 def _response_headers(response: aiohttp.ClientResponse) -> list[Header]:
@@ -149,15 +172,46 @@ def _response_headers(response: aiohttp.ClientResponse) -> list[Header]:
     return end_to_end(((name.lower(), value) for name, value in raw), RESPONSE_DROP)
 
 
+@dataclass(slots=True)
+class _Upload:
+    """A request body on its way up, for the watchdog to stop when the upstream stops reading."""
+
+    task: asyncio.Task[Any] | None  # the task waiting for the answer
+    response: aiohttp.ClientResponse | None = None  # the answer, once it came
+    stalled: bool = False
+
+
 async def _recording(
-    chunks: AsyncIterator[bytes], failures: list[Exception]
+    chunks: AsyncIterator[bytes],
+    failures: list[Exception],
+    stall_after: float,
+    upload: _Upload,
 ) -> AsyncIterator[bytes]:
+    """Pass the client's body on, keeping what it raised, with a write timeout per chunk.
+
+    aiohttp has no write timeout (httpx had): an upstream that stops reading would hold the
+    request, and a pooled connection, for ever. The clock runs only while aiohttp writes a
+    chunk, never while the client is slow to send the next one.
+    """
+    loop = asyncio.get_running_loop()
     try:
         async for chunk in chunks:
-            yield chunk
+            watchdog = loop.call_later(stall_after, _stalled, upload)
+            try:
+                yield chunk
+            finally:
+                watchdog.cancel()
     except Exception as exc:
         failures.append(exc)
         raise
+
+
+def _stalled(upload: _Upload) -> None:
+    upload.stalled = True
+    if upload.response is not None:
+        upload.response.close()  # the answer is being relayed: cut the connection under it
+    elif upload.task is not None:
+        upload.task.cancel()  # still waiting for the answer: stop waiting
 
 
 async def _mapped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -170,11 +224,26 @@ async def _mapped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise UpstreamUnreachable(type(exc).__name__) from exc
 
 
-async def _closing(
-    chunks: AsyncIterator[bytes], response: aiohttp.ClientResponse
-) -> AsyncGenerator[bytes, None]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    finally:
-        response.close()
+class _Rest(AsyncGenerator[bytes, None]):
+    """The unread rest of a body: closing it releases the connection, even if never read.
+
+    (An async generator's `finally` runs only once the generator has started.)
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], response: aiohttp.ClientResponse) -> None:
+        self._chunks = chunks
+        self._response = response
+
+    async def asend(self, value: None) -> bytes:
+        try:
+            return await self._chunks.__anext__()
+        except BaseException:
+            self._response.close()
+            raise
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> bytes:
+        self._response.close()
+        raise typ if val is None else val
+
+    async def aclose(self) -> None:
+        self._response.close()

@@ -43,7 +43,7 @@ def encode(entry: Entry) -> bytes:
         len(content_type),
     )
     body = entry.body
-    if len(body) >= COMPRESS_FROM:
+    if COMPRESS_FROM <= len(body) <= MAX_INFLATED:  # a larger one could not be inflated back
         deflate = zlib.compressobj(LEVEL, zlib.DEFLATED, -15)
         packed = deflate.compress(body) + deflate.flush()
         if len(packed) <= len(body) - len(body) // 8:  # worth it: saves an eighth or more

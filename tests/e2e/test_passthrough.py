@@ -241,3 +241,21 @@ def test_every_spelling_of_the_own_surface_stays_here(
 
     assert answer.status_code == 404
     assert fake.requests == []
+
+
+def test_header_bytes_above_ascii_reach_the_upstream_unchanged(
+    proxy: RunningProxy, fake: FakeLunary
+) -> None:
+    proxy.get("/v1/template_versions/latest", headers=[(b"X-Title", "café ✓".encode())])
+
+    (seen,) = fake.requests
+    assert seen.header(b"x-title") == "café ✓".encode()
+
+
+def test_a_long_upstream_header_is_relayed_not_a_502(proxy: RunningProxy, fake: FakeLunary) -> None:
+    fake.extra_headers = {"X-Long": "v" * 12_000}
+
+    answer = proxy.get("/v1/template_versions/latest")
+
+    assert answer.status_code == 200
+    assert answer.headers["x-long"] == "v" * 12_000

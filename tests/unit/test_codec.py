@@ -105,3 +105,13 @@ def test_a_damaged_deflated_body_is_corrupt() -> None:
         codec.decode(encoded[:-20])
     with pytest.raises(codec.CorruptEntry):
         codec.decode(encoded[:-40] + b"\xff" * 40)
+
+
+def test_a_body_too_large_to_inflate_back_is_stored_verbatim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(codec, "MAX_INFLATED", len(RUN_JSON) - 1)
+    entry = replace(ENTRY, body=RUN_JSON)
+    encoded = codec.encode(entry)
+    assert encoded.startswith(codec.MAGIC)
+    assert codec.decode(encoded) == entry

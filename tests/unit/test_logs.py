@@ -38,3 +38,31 @@ def test_a_line_orjson_cannot_encode_goes_through_logging(
     assert stream.getvalue() == b""
     assert [record.getMessage() for record in caplog.records] == ["request"]
     assert caplog.records[0].__dict__["path"] == "/v1/runs/\udcff"
+
+
+class RecordingStream(io.RawIOBase):
+    """A raw, unbuffered stream (as stderr is under PYTHONUNBUFFERED) that keeps each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self.writes.append(bytes(data))
+        return len(data)
+
+
+def test_a_flush_writes_whole_lines_at_most_pipe_buf_bytes_at_a_time() -> None:
+    """Several workers share one pipe: writes up to PIPE_BUF bytes never interleave."""
+    stream = RecordingStream()
+    lines = logs.JsonLines(stream)  # type: ignore[arg-type]
+    for number in range(200):
+        lines.write("proxy.access", "request", {"n": number, "path": "/v1/runs/" + "x" * 40})
+    lines.flush()
+
+    assert len(stream.writes) > 1
+    assert all(len(write) <= logs.PIPE_BUF and write.endswith(b"\n") for write in stream.writes)
+    records = [orjson.loads(line) for line in b"".join(stream.writes).splitlines()]
+    assert [record["n"] for record in records] == list(range(200))
