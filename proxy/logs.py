@@ -75,7 +75,7 @@ class JsonLines:
         self._pending = bytearray()
         self._flush_loop: asyncio.AbstractEventLoop | None = None
         self._second = -1
-        self._second_text = b""
+        self._second_text = ""
         atexit.register(self.flush)
 
     def write(self, logger: str, message: str, fields: dict[str, Any]) -> None:
@@ -124,8 +124,8 @@ class JsonLines:
         second = int(now)
         if second != self._second:  # formatting a date is the dear part: once a second
             self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
-        return f"{self._second_text.decode()}.{int((now - second) * 1000):03d}Z"
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((now - second) * 1000):03d}Z"
 
 
 _json_lines: JsonLines | None = None
