@@ -252,6 +252,22 @@ end
 """
 
 
+def proxy_counters(url: str) -> dict[str, float]:
+    """Cache results and store errors so far, from the proxy's own metrics."""
+    counters: dict[str, float] = {}
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        for family, label in (
+            ("lunary_proxy_requests_total", "cache"),
+            ("lunary_proxy_store_errors_total", "operation"),
+        ):
+            if line.startswith(family + "{"):
+                value = line.rsplit(" ", 1)[1]
+                name = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+                key = f"{'store error ' if label == 'operation' else ''}{name}"
+                counters[key] = counters.get(key, 0.0) + float(value)
+    return counters
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -10,7 +10,6 @@ Prints req/s, p50 and p99 (medians over rounds) and the ratios proxy/floor and p
 from __future__ import annotations
 
 import argparse
-import re
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +27,7 @@ from benchmarks.harness import (
     median,
     nginx,
     origin_service,
+    proxy_counters,
     python_service,
     require,
     shared_proxy,
@@ -63,19 +63,6 @@ def server_pids(service: Service) -> list[int]:
         for pid in children(service.pid)
         if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"nginx: worker")
     ]
-
-
-def proxy_hits(url: str) -> tuple[float, float]:
-    """(hits, all cached-route requests) from the proxy's own metrics."""
-    text = httpx.get(url + "/metrics", timeout=5).text
-    hits = total = 0.0
-    for line in text.splitlines():
-        match = re.match(r"lunary_proxy_requests_total\{([^}]*)\} ([0-9.e+]+)", line)
-        if match:
-            total += float(match[2])
-            if 'cache="hit"' in match[1]:
-                hits += float(match[2])
-    return hits, total
 
 
 def main() -> None:
@@ -117,7 +104,7 @@ def main() -> None:
             for url in systems.values():  # one short unmeasured run each: JIT-free, but warm
                 wrk(url, lua, connections=8, seconds=2)
             cpu: dict[tuple[str, int], list[float]] = defaultdict(list)
-            hits_before = proxy_hits(proxy.url)
+            counters_before = proxy_counters(proxy.url)
             results: dict[tuple[str, int], list[WrkResult]] = defaultdict(list)
             names = list(systems)
             for round_number in range(args.rounds):
@@ -139,7 +126,7 @@ def main() -> None:
                             f"CPU {cpu[name, connections][-1]:.0f} us/request",
                             flush=True,
                         )
-            hits_after = proxy_hits(proxy.url)
+            counters_after = proxy_counters(proxy.url)
     finally:
         redis.close()
 
@@ -173,8 +160,11 @@ def main() -> None:
             f"c={connections}: proxy/floor {to_floor:.2f}, proxy/nginx {to_nginx:.2f} "
             f"(median of per-round ratios); CPU per hit proxy/floor {cpu_to_floor:.2f}"
         )
-    hits = hits_after[0] - hits_before[0]
-    total = hits_after[1] - hits_before[1]
+    answers = {
+        name: counters_after[name] - counters_before.get(name, 0.0) for name in counters_after
+    }
+    hits = answers.get("hit", 0.0)
+    total = sum(value for name, value in answers.items() if not name.startswith("store error"))
     print(f"proxy answers that were hits during the measured runs: {hits:.0f} of {total:.0f}")
 
 

@@ -21,6 +21,7 @@ from benchmarks.harness import (
     median,
     nginx,
     origin_service,
+    proxy_counters,
     require,
     shared_proxy,
     wrk,
@@ -47,22 +48,6 @@ end
 
 def origin_count(url: str) -> int:
     return int(httpx.get(url + "/__count", timeout=5).text)
-
-
-def proxy_counters(url: str) -> dict[str, float]:
-    """Cache results and store errors so far, from the proxy's own metrics."""
-    counters: dict[str, float] = {}
-    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-        for family, label in (
-            ("lunary_proxy_requests_total", "cache"),
-            ("lunary_proxy_store_errors_total", "operation"),
-        ):
-            if line.startswith(family + "{"):
-                value = line.rsplit(" ", 1)[1]
-                name = line.split(f'{label}="', 1)[1].split('"', 1)[0]
-                key = f"{'store error ' if label == 'operation' else ''}{name}"
-                counters[key] = counters.get(key, 0.0) + float(value)
-    return counters
 
 
 def main() -> None:
