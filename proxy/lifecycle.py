@@ -380,17 +380,12 @@ class CachedReads:
                     if not followed:
                         self._metrics.coalesced("timeout")
                         token = None  # the lock is still another replica's: fetch on our own
-                elif (
-                    token is not None
-                    and current is not None
-                    and current.entry is not None
-                    and self._answers(current.entry, fill)
-                ):
+                elif (stored_meanwhile := self._answering(current, fill)) is not None:
                     # another replica stored the entry between our lookup and the lock: the
                     # store read it in the same call that gave us the lock
-                    await self._release(fill.key, token)
+                    await self._release(fill.key, mine)
                     self._metrics.coalesced("replica")
-                    return _Filled(None, current.entry)
+                    return _Filled(None, stored_meanwhile)
         try:
             if followed_another:
                 await self._check_cooldown(fill)  # the leader we waited for may have met a 429
@@ -408,12 +403,12 @@ class CachedReads:
             self._metrics.cooldown_rejection()
             raise
 
-    def _answers(self, entry: Entry | None, fill: _Fill) -> bool:
-        return (
-            entry is not None
-            and entry.stored_at > fill.seen
-            and judge(entry, self._clock()).ttl > 0
-        )
+    def _answering(self, found: Lookup | None, fill: _Fill) -> Entry | None:
+        """The entry found, if it is fresh and newer than the one this fill's request saw."""
+        entry = None if found is None else found.entry
+        if entry is None or entry.stored_at <= fill.seen or judge(entry, self._clock()).ttl <= 0:
+            return None
+        return entry
 
     async def _fetch(self, fill: _Fill) -> FetchedResponse:
         started = time.perf_counter()
@@ -433,13 +428,14 @@ class CachedReads:
             fetched.status, fetched.headers, fetched.body, fetched.complete, self._lifetimes
         )
         entry: Entry | None = None
+        not_stored: Reason | None = None
         if isinstance(decision, DontStore):
-            self._metrics.not_stored(decision.reason)
+            not_stored = decision.reason
+            self._metrics.not_stored(not_stored)
         else:
             entry = _entry_of(
                 fetched, fill.now, decision.fresh_for, decision.stale_for, fill.generation
             )
-        not_stored = decision.reason if isinstance(decision, DontStore) else None
         if not fill.use_store:
             return _Filled(fetched, entry, stored=False, not_stored=not_stored)
         try:
@@ -469,9 +465,9 @@ class CachedReads:
         try:
             while True:
                 # the lock is released in the same step that stores the entry, so look first
-                found = await self._store.lookup(fill.key)
-                if found.entry is not None and self._answers(found.entry, fill):
-                    return found.entry
+                stored = self._answering(await self._store.lookup(fill.key), fill)
+                if stored is not None:
+                    return stored
                 lease = self._coordination.lock_lease
                 if not first and await self._store.begin_fill(fill.key, token, lease):
                     return True
