@@ -34,7 +34,7 @@ def end_to_end(
 ) -> list[Header]:
     """Headers minus hop-by-hop ones, those the Connection header names, and `also_drop`.
 
-    Names must already be lower case (ASGI and httpx both give them so).
+    Names must already be lower case (ASGI gives them so; the upstream adapter lower-cases).
     """
     headers = list(headers)
     named = {

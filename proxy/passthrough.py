@@ -15,8 +15,8 @@ from proxy.ports import (
 )
 from proxy.ratelimit import Cooldowns, RateLimited
 
-# Host is the upstream's; the X-Forwarded-For chain is rebuilt with the client's address; httpx
-# cannot honour `Expect: 100-continue`.
+# Host is the upstream's; the X-Forwarded-For chain is rebuilt with the client's address; the
+# body is streamed up as it arrives, so `Expect: 100-continue` is not relayed.
 PASS_DROP = frozenset({b"host", b"x-forwarded-for", b"expect"})
 
 

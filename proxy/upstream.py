@@ -78,28 +78,26 @@ class AiohttpUpstream:
         response = await self._send(request)
         parts: list[bytes] = []
         size = 0
+        rest: _Rest | None = None  # past max_body: the unread remainder, for the caller
         try:
             chunks = _mapped(response.content.iter_chunked(CHUNK))
             async for chunk in chunks:
                 parts.append(chunk)
                 size += len(chunk)
                 if size > max_body:
-                    return FetchedResponse(
-                        status=response.status,
-                        headers=_response_headers(response),
-                        body=b"".join(parts),
-                        complete=False,
-                        rest=_Rest(chunks, response),
-                        elapsed=time.perf_counter() - started,
-                    )
+                    rest = _Rest(chunks, response)
+                    break
         except BaseException:
             response.close()
             raise
-        response.release()
+        if rest is None:
+            response.release()
         return FetchedResponse(
             status=response.status,
             headers=_response_headers(response),
             body=b"".join(parts),
+            complete=rest is None,
+            rest=rest,
             elapsed=time.perf_counter() - started,
         )
 
@@ -133,15 +131,8 @@ class AiohttpUpstream:
             (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
             for name, value in request.headers
         )
-        # aiohttp reports a failing request body as a connection error: keep the body's own
-        # exception (too large, client gone) so the caller can answer it for what it is
-        body_failures: list[Exception] = []
         upload = _Upload(asyncio.current_task())
-        body = (
-            None
-            if request.body is None
-            else _recording(request.body, body_failures, self._timeout, upload)
-        )
+        body = None if request.body is None else _uploading(request.body, self._timeout, upload)
         try:
             response = await self._client().request(
                 request.method,
@@ -158,8 +149,8 @@ class AiohttpUpstream:
                 raise UpstreamTimeout("the upstream stopped reading the request body") from None
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if body_failures:
-                raise body_failures[0] from exc
+            if upload.failure is not None:
+                raise upload.failure from exc
             if isinstance(exc, TimeoutError):
                 raise UpstreamTimeout(type(exc).__name__) from exc
             raise UpstreamUnreachable(type(exc).__name__) from exc
@@ -179,13 +170,13 @@ class _Upload:
     task: asyncio.Task[Any] | None  # the task waiting for the answer
     response: aiohttp.ClientResponse | None = None  # the answer, once it came
     stalled: bool = False
+    # what the client's body raised (too large, client gone): aiohttp reports it as a
+    # connection error, and the caller must answer it for what it is
+    failure: Exception | None = None
 
 
-async def _recording(
-    chunks: AsyncIterator[bytes],
-    failures: list[Exception],
-    stall_after: float,
-    upload: _Upload,
+async def _uploading(
+    chunks: AsyncIterator[bytes], stall_after: float, upload: _Upload
 ) -> AsyncIterator[bytes]:
     """Pass the client's body on, keeping what it raised, with a write timeout per chunk.
 
@@ -202,7 +193,7 @@ async def _recording(
             finally:
                 watchdog.cancel()
     except Exception as exc:
-        failures.append(exc)
+        upload.failure = exc
         raise
 
 
