@@ -25,7 +25,8 @@ class Admin:
 
     async def handle(
         self, method: str, raw_path: bytes, headers: list[Header]
-    ) -> tuple[int, bytes, tuple[Header, ...]] | ProxyErrorReply:
+    ) -> bytes | ProxyErrorReply:
+        """The 200 body of a purge, or the error to answer instead."""
         if not self._token or not raw_path.startswith(PURGE_PREFIX):  # exact spelling only
             return errors.not_found()
         refused = self._refuse(headers)
@@ -38,7 +39,7 @@ class Admin:
             return errors.ProxyErrorReply(400, "bad_request", "The run id is not a UUID.")
         if not await self._invalidator.run(run_id, "admin"):
             return errors.not_ready("the store did not answer; nothing was dropped")
-        return 200, orjson.dumps({"run_id": run_id, "invalidated": True}), ()
+        return orjson.dumps({"run_id": run_id, "invalidated": True})
 
     def _refuse(self, headers: list[Header]) -> ProxyErrorReply | None:
         authorization = first_value(headers, b"authorization")

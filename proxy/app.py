@@ -323,8 +323,7 @@ class ProxyApp:
         if isinstance(answer, errors.ProxyErrorReply):
             await send_error(send, answer)
             return
-        status, body, extra = answer
-        await send_whole(send, status, [JSON, *extra], body)
+        await send_whole(send, 200, [JSON], answer)
 
     async def _own(self, raw_path: bytes, method: str, send: Send) -> None:
         if method not in READ_METHODS:
