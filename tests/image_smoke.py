@@ -120,11 +120,13 @@ def check_running(name: str, url: str, fake: FakeLunary, redis: RedisServer) -> 
             not leftovers,
             f"no build, test or install tools for the {interpreter} python3 {leftovers}",
         )
-    commands = podman("exec", name, "sh", "-c", "command -v pip pip3 gcc cc || true").stdout.split()
-    check(not commands, f"no pip or compiler on PATH (found {commands})")
+    # an exec that failed would print nothing too: only a shell that ran may say "none"
+    searched = podman("exec", name, "sh", "-c", "command -v pip pip3 gcc cc; echo searched")
+    commands = searched.stdout.split()
+    check(commands == ["searched"], f"no pip or compiler on PATH (found {commands[:-1]})")
     # buildah leaves an empty mount point where the build borrowed the host's pip config.
-    pip_config = podman("exec", name, "test", "-s", "/etc/pip.conf").returncode == 0
-    check(not pip_config, "no host pip configuration in the image")
+    pip_config = podman("exec", name, "test", "-s", "/etc/pip.conf").returncode
+    check(pip_config == 1, f"no host pip configuration in the image (test -s: {pip_config})")
 
     key = fake.add_key()
     run_id = fake.add_run(marker="smoke")

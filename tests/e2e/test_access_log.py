@@ -76,3 +76,25 @@ def test_console_format_for_people(upstream: ServerThread, fake: FakeLunary) -> 
     assert not line.startswith("{")
     assert "route='own'" in line
     assert "status=200" in line
+
+
+def test_log_level_warning_turns_access_lines_off(upstream: ServerThread) -> None:
+    with ProxyProcess(PROXY_UPSTREAM_URL=upstream.url, PROXY_LOG_LEVEL="warning") as proxy:
+        answer = httpx.get(proxy.url + "/healthz")
+    log = proxy.final_log
+
+    assert answer.status_code == 200
+    assert "proxy.access" not in log
+
+
+def test_a_redis_password_never_reaches_the_log(upstream: ServerThread) -> None:
+    """The start-up line names the store; its password (user part or query) is redacted."""
+    url = "redis://default:hunter2@127.0.0.1:1/0?password=hunter3"
+    with ProxyProcess(PROXY_UPSTREAM_URL=upstream.url, PROXY_REDIS_URL=url) as proxy:
+        httpx.get(proxy.url + "/readyz")  # the store is unreachable: says so, redacted
+    log = proxy.final_log
+
+    assert "lunary-cache-proxy ready" in log
+    assert "default:***@127.0.0.1:1" in log
+    assert "hunter2" not in log
+    assert "hunter3" not in log

@@ -385,7 +385,9 @@ def test_stale_entry_survives_a_failing_background_refresh(
     fake.fail_status = 503
 
     stale = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
-    time.sleep(0.2)  # the background refresh gets its 503
+    deadline = time.monotonic() + 3  # until the background refresh has met its 503
+    while fake.count(run) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     still_stale = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
 
     assert stale.status_code == still_stale.status_code == 200
