@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.redis_url import parse_sentinel_url
+
 ENV_PREFIX = "PROXY_"
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
 
@@ -85,8 +87,8 @@ class Settings(BaseSettings):
         if scheme not in REDIS_SCHEMES:
             allowed = ", ".join(f"{s}://" for s in sorted(REDIS_SCHEMES))
             raise ValueError(f"unknown scheme {scheme!r}; expected one of {allowed}")
-        if scheme == "redis+sentinel" and not value.split("://", 1)[1].partition("/")[2].strip("/"):
-            raise ValueError("a redis+sentinel:// URL must name the service: .../service_name")
+        if scheme == "redis+sentinel":
+            parse_sentinel_url(value)  # the one parser the store connects with: same errors
         return value
 
     @property

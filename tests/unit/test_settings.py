@@ -89,7 +89,7 @@ def test_secrets_are_not_shown_in_errors(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_sentinel_urls(monkeypatch: pytest.MonkeyPatch) -> None:
-    from proxy.store.connection import parse_sentinel_url
+    from config.redis_url import parse_sentinel_url
 
     monkeypatch.setenv("PROXY_REDIS_URL", "redis+sentinel://:pw@10.0.0.1:26379,s2:26380/main/2")
     assert load_settings().redis_url.startswith("redis+sentinel://")
