@@ -32,6 +32,7 @@ from proxy.asgi import (
 from proxy.invalidation import Invalidator
 from proxy.lifecycle import CachedReads, Coordination, ReadRequest
 from proxy.metrics import Metrics
+from proxy.openapi import DOCUMENT_BYTES
 from proxy.passthrough import Passthrough, RequestTooLarge
 from proxy.paths import check_path, is_own_surface, match_cached_route, match_run_write
 from proxy.policy import Lifetimes
@@ -48,7 +49,7 @@ from proxy.upstream import AiohttpUpstream
 
 log = logging.getLogger("proxy")
 READ_METHODS = frozenset({"GET", "HEAD"})
-OWN_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics"})
+OWN_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics", b"/openapi.json"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # bodies of Lunary events: their runIds (and parents) are dropped after a successful ingest
 INGEST_PATHS = frozenset({b"/v1/runs/ingest", b"/api/report", b"/v1/traces"})
@@ -316,7 +317,7 @@ class ProxyApp:
     async def _admin(
         self, raw_path: bytes, method: str, headers: list[tuple[bytes, bytes]], send: Send
     ) -> None:
-        if self._parts is None:  # /openapi.json and unknown /admin paths: the admin says 404
+        if self._parts is None:  # starting or stopping: no admin to ask
             await send_error(send, errors.not_found())
             return
         answer = await self._parts.admin.handle(method, raw_path, headers)
@@ -333,6 +334,8 @@ class ProxyApp:
             status, headers, body = 200, [JSON], b'{"status":"ok"}'
         elif raw_path == b"/readyz":
             status, headers, body = await self._readiness()
+        elif raw_path == b"/openapi.json":
+            status, headers, body = 200, [JSON], DOCUMENT_BYTES
         else:
             content_type = CONTENT_TYPE_LATEST.encode()
             status, headers, body = (
