@@ -43,6 +43,7 @@ from proxy.ports import (
     FetchedResponse,
     Store,
     StoreError,
+    StoreRefused,
     Upstream,
     UpstreamError,
     UpstreamRequest,
@@ -443,8 +444,12 @@ class CachedReads:
                 await self._store.end_fill(fill.key, token, entry)
             elif entry is not None:
                 await self._store.save(fill.key, entry)
-        except StoreError:
-            return _Filled(fetched, entry, stored=False, not_stored=Reason.STORE_UNAVAILABLE)
+        except StoreError as exc:
+            refused = isinstance(exc, StoreRefused)
+            reason = Reason.STORE_REFUSED if refused else Reason.STORE_UNAVAILABLE
+            if entry is not None:
+                self._metrics.not_stored(reason)
+            return _Filled(fetched, entry, stored=False, not_stored=reason)
         return _Filled(fetched, entry, stored=entry is not None, not_stored=not_stored)
 
     async def _release(self, key: EntryKey, token: str) -> None:

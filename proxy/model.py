@@ -30,6 +30,7 @@ class Reason(StrEnum):
     CLIENT_NO_STORE = "client-no-store"
     CLIENT_NO_CACHE = "client-no-cache"
     STORE_UNAVAILABLE = "store-unavailable"
+    STORE_REFUSED = "store-refused"  # Redis answered no to the write (e.g. out of memory)
     UPSTREAM_ERROR = "upstream-error"
     REVALIDATING = "revalidating"
     COOLDOWN = "rate-limit-cooldown"

@@ -16,6 +16,11 @@ class StoreError(Exception):
     """The store failed or was too slow; callers degrade to the upstream."""
 
 
+class StoreRefused(StoreError):
+    """The store answered but refused the command (out of memory under `noeviction`, a
+    read-only replica): it is up, so other calls, reads above all, should go on."""
+
+
 class StoreUnavailable(StoreError):
     """The store is known to be down (the breaker is open); no call was attempted."""
 

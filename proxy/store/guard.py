@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from proxy.metrics import Metrics
 from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import Store, StoreError, StoreUnavailable
+from proxy.ports import Store, StoreError, StoreRefused, StoreUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("proxy.store")
@@ -99,6 +99,9 @@ class GuardedStore:
         started = time.perf_counter()
         try:
             result = await call
+        except StoreRefused:
+            self._metrics.store_error(operation)  # counted; the store is up: stay closed
+            raise
         except StoreError as exc:
             self._metrics.store_error(operation)
             self._open_breaker(exc)

@@ -19,15 +19,15 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import StoreError
+from proxy.ports import StoreError, StoreRefused
 from proxy.store import codec
 from proxy.store.connection import close_client
 from proxy.store.notify import FillNotices
 
-# what a failing or unreachable Redis (or Cluster) raises; all of it becomes StoreError
+# what a failing or unreachable Redis (or Cluster) raises; all of it becomes a StoreError
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 KEY_PREFIX = "lcp:1:"
 FILLED_CHANNEL = KEY_PREFIX + "filled"
@@ -116,17 +116,18 @@ class RedisStore:
                     generation_redis_key(key.run_id), redis_key
                 )
         except REDIS_FAILURES as exc:
-            raise StoreError(f"lookup failed: {type(exc).__name__}") from exc
+            raise _failed("lookup", exc) from exc
         return self._found(generation_raw, data)
 
-    def _found(self, generation_raw: object, data: object) -> Lookup:
+    def _found(self, generation_raw: object, data: object, *, count_corrupt: bool = True) -> Lookup:
         generation = _as_generation(generation_raw)
         if not isinstance(data, bytes):
             return Lookup(None, generation)
         try:
             entry = codec.decode(data)
         except codec.CorruptEntry:
-            self._on_corrupt()
+            if count_corrupt:
+                self._on_corrupt()
             return Lookup(None, generation)
         if entry.generation != generation:
             return Lookup(None, generation)
@@ -140,7 +141,7 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(entry_redis_key(key), codec.encode(entry), px=ttl_ms)
         except REDIS_FAILURES as exc:
-            raise StoreError(f"save failed: {type(exc).__name__}") from exc
+            raise _failed("save", exc) from exc
 
     async def invalidate_run(self, run_id: str, keep_for: float) -> int:
         try:
@@ -149,7 +150,7 @@ class RedisStore:
                     keys=[generation_redis_key(run_id)], args=[max(1, _ms(keep_for))]
                 )
         except REDIS_FAILURES as exc:
-            raise StoreError(f"invalidate failed: {type(exc).__name__}") from exc
+            raise _failed("invalidate", exc) from exc
         return 0  # the entries are dead, not counted: counting them would need a scan
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
@@ -159,7 +160,8 @@ class RedisStore:
         reply = await self._lock(key, token, lease)
         if reply[0] != 1:
             return None
-        return self._found(reply[1], reply[2])
+        # a lead follows a lookup of the same key, which already counted a corrupt value
+        return self._found(reply[1], reply[2], count_corrupt=False)
 
     async def _lock(self, key: EntryKey, token: str, lease: float) -> list[object]:
         keys = [
@@ -172,7 +174,7 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 reply: list[object] = await self._begin_fill(keys=keys, args=[token, _ms(lease)])
         except REDIS_FAILURES as exc:
-            raise StoreError(f"begin_fill failed: {type(exc).__name__}") from exc
+            raise _failed("begin_fill", exc) from exc
         return reply
 
     async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
@@ -184,7 +186,7 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 await self._end_fill(keys=keys, args=[value, ttl_ms, token, FILLED_CHANNEL])
         except REDIS_FAILURES as exc:
-            raise StoreError(f"end_fill failed: {type(exc).__name__}") from exc
+            raise _failed("end_fill", exc) from exc
 
     def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
         if self._notices is None:
@@ -196,7 +198,7 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 raw = await self._client.get(cooldown_redis_key(bucket))
         except REDIS_FAILURES as exc:
-            raise StoreError(f"cooldown read failed: {type(exc).__name__}") from exc
+            raise _failed("cooldown read", exc) from exc
         try:
             return float(raw) if isinstance(raw, bytes) else 0.0
         except ValueError:
@@ -207,17 +209,24 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(cooldown_redis_key(bucket), repr(until), px=max(1, _ms(ttl)))
         except REDIS_FAILURES as exc:
-            raise StoreError(f"cooldown write failed: {type(exc).__name__}") from exc
+            raise _failed("cooldown write", exc) from exc
 
     async def ping(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.ping()
         except REDIS_FAILURES as exc:
-            raise StoreError(f"ping failed: {type(exc).__name__}") from exc
+            raise _failed("ping", exc) from exc
 
     async def close(self) -> None:
         await close_client(self._client)
+
+
+def _failed(operation: str, exc: BaseException) -> StoreError:
+    """StoreRefused when Redis answered with an error (OOM under noeviction, a read-only
+    replica): it is up, so reads go on. Anything else means it is down or too slow."""
+    kind = StoreRefused if isinstance(exc, ResponseError) else StoreError
+    return kind(f"{operation} failed: {type(exc).__name__}")
 
 
 def _ms(seconds: float) -> int:

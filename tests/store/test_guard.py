@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from proxy.metrics import Metrics
 from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import StoreError, StoreUnavailable
+from proxy.ports import StoreError, StoreRefused, StoreUnavailable
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
 
@@ -20,6 +20,7 @@ class FlakyStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__(max_entries=10)
         self.failing = False
+        self.refusing_writes = False  # as Redis out of memory under noeviction
         self.calls = 0
 
     async def lookup(self, key: EntryKey) -> Lookup:
@@ -32,6 +33,8 @@ class FlakyStore(MemoryStore):
         self.calls += 1
         if self.failing:
             raise StoreError("down")
+        if self.refusing_writes:
+            raise StoreRefused("OOM command not allowed")
         await super().save(key, entry)
 
     async def ping(self) -> None:
@@ -107,3 +110,20 @@ async def test_ping_always_asks_the_store_and_closes_on_success(
 
     assert not guard.is_open
     assert await guard.lookup(KEY) == Lookup(None, 0)
+
+
+async def test_a_refused_write_is_counted_but_reads_go_on(
+    parts: tuple[FlakyStore, GuardedStore, list[float], Metrics],
+) -> None:
+    inner, guard, _, metrics = parts
+    inner.refusing_writes = True
+
+    with pytest.raises(StoreRefused):
+        await guard.save(KEY, Entry(200, "", b"", "", 0, 1, 0))
+    found = await guard.lookup(KEY)
+
+    assert found == Lookup(None, 0)
+    assert not guard.is_open
+    assert inner.calls == 2
+    errors = {"operation": "save"}
+    assert metrics.registry.get_sample_value("lunary_proxy_store_errors_total", errors) == 1
