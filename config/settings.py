@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     upstream_timeout: PositiveSeconds = 10
     coalesce_timeout: PositiveSeconds | None = None
     upstream_max_connections: Annotated[int, Field(ge=1)] = 100
+    # nginx's client_header_timeout, client_body_timeout and send_timeout (proxy/server.py)
+    client_timeout: PositiveSeconds = 60
     workers: Annotated[int, Field(ge=1)] = 1
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["json", "console"] = "json"

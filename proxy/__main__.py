@@ -12,6 +12,7 @@ import uvicorn
 
 from config import ConfigError, load_settings
 from proxy import logs
+from proxy.server import guarded_protocol
 
 # How uvicorn serves the proxy (benchmarks/floor.py serves the Python floor the same way).
 SERVER_OPTIONS: dict[str, Any] = {
@@ -47,6 +48,7 @@ def main() -> None:
         workers=settings.workers,
         lifespan="on",
         timeout_graceful_shutdown=max(5, int(settings.upstream_timeout) + 1),
+        http=guarded_protocol(settings.client_timeout),
         **SERVER_OPTIONS,
     )
 
