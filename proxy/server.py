@@ -15,6 +15,11 @@ PROXY_CLIENT_TIMEOUT, as nginx's `client_header_timeout`, `client_body_timeout` 
 
 A read timeout closes the connection (the request, if started, sees the client gone); a send
 timeout aborts it, since a close would wait on the buffer the client does not read.
+
+uvicorn's httptools protocol also takes headers of any size, and answers a request it cannot
+parse in plain text. Here the request line and headers are bounded by MAX_HEADER_BYTES (431,
+as nginx's `large_client_header_buffers` bound them), and both refusals are JSON like every
+other error the proxy makes.
 """
 
 from __future__ import annotations
@@ -24,9 +29,16 @@ import logging
 from functools import partial
 from typing import Any, cast
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger("proxy.server")
+# Lunary's Node server refuses more than 16 KiB of headers: 64 KiB leaves room, and a bound
+MAX_HEADER_BYTES = 65_536
+
+
+class HeadersTooLarge(Exception):
+    """Raised in a parser callback to stop parsing: the headers passed MAX_HEADER_BYTES."""
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -39,6 +51,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._send_timer: asyncio.TimerHandle | None = None
         self._reading_headers = True  # the connection's first request has not started yet
         self._reading_body = False
+        self._header_bytes = 0
+        self._headers_too_large = False
         self._unsent = 0
 
     # -- reading: headers within a deadline, then a body that keeps coming -----------------
@@ -51,7 +65,37 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self._reading_headers:  # a keep-alive connection's next request has begun
             self._reading_headers = True
             self._arm_read(self._header_timeout)
+        self._header_bytes = 0
         super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._headers_too_large = True
+            raise HeadersTooLarge  # httptools turns it into an HttpParserError: see below
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it could not parse (or whose headers were too large)."""
+        if self._headers_too_large:
+            status = b"431 Request Header Fields Too Large"
+            error = ("headers_too_large", f"The request headers exceed {MAX_HEADER_BYTES} bytes.")
+        else:
+            status = b"400 Bad Request"
+            error = ("bad_request", "The request is not valid HTTP/1.1.")
+        body = orjson.dumps({"error": error[0], "message": error[1]})
+        self.transport.write(
+            b"HTTP/1.1 %s\r\ncontent-type: application/json; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, len(body), body)
+        )
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

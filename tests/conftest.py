@@ -12,6 +12,7 @@ import pytest
 
 from config import Settings
 from proxy.app import ProxyApp, create_app
+from proxy.server import guarded_protocol
 from tests.fake_lunary import FakeLunary
 from tests.servers import (
     RedisClusterServers,
@@ -114,8 +115,11 @@ def make_proxy(upstream: ServerThread) -> Iterator[ProxyFactory]:
                 "upstream_timeout": 2,
             }
             options.update(overrides)
-            app = create_app(Settings(**options))
-            server = stack.enter_context(ServerThread(app))
+            settings = Settings(**options)
+            app = create_app(settings)
+            # served with the proxy's own HTTP protocol, as `python -m proxy` serves it
+            protocol = guarded_protocol(settings.client_timeout)
+            server = stack.enter_context(ServerThread(app, http=protocol))
             client = stack.enter_context(httpx.Client(base_url=server.url, timeout=10))
             return RunningProxy(app, server.url, client)
 
