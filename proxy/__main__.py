@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from config import ConfigError, load_settings
+from config import ConfigError, Settings, load_settings
 from proxy import logs
 from proxy.server import guarded_protocol
 
@@ -20,8 +20,17 @@ SERVER_OPTIONS: dict[str, Any] = {
     "proxy_headers": False,
     "server_header": False,
     "access_log": False,  # the proxy writes its own access line
+    # Lunary has no WebSocket route: an Upgrade is a plain request (its hop-by-hop headers
+    # dropped), never a handshake the app would have to refuse
+    "ws": "none",
     "log_config": None,
 }
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the proxy: SERVER_OPTIONS and its own HTTP protocol (the tests
+    serve the app with these too)."""
+    return {**SERVER_OPTIONS, "http": guarded_protocol(settings.client_timeout)}
 
 
 def main() -> None:
@@ -48,8 +57,7 @@ def main() -> None:
         workers=settings.workers,
         lifespan="on",
         timeout_graceful_shutdown=max(5, int(settings.upstream_timeout) + 1),
-        http=guarded_protocol(settings.client_timeout),
-        **SERVER_OPTIONS,
+        **server_options(settings),
     )
 
 

@@ -29,6 +29,7 @@ from proxy.asgi import (
     send_streamed,
     send_whole,
 )
+from proxy.headers import not_utf8
 from proxy.invalidation import Invalidator
 from proxy.lifecycle import CachedReads, Coordination, ReadRequest
 from proxy.metrics import Metrics
@@ -229,6 +230,10 @@ class ProxyApp:
         rejected = check_path(raw_path)
         if rejected is not None:
             await send_error(send, errors.bad_path(rejected.message))
+            return
+        unsendable = not_utf8(scope["headers"])
+        if unsendable is not None:
+            await send_error(send, errors.bad_header(unsendable))
             return
         parts = self._parts
         if parts is None:

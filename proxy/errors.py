@@ -30,6 +30,14 @@ def bad_path(message: str) -> ProxyErrorReply:
     return ProxyErrorReply(400, "bad_request", f"Rejected request path: {message}.")
 
 
+def bad_header(name: bytes) -> ProxyErrorReply:
+    """The value is never echoed: it may be a credential."""
+    shown = name.decode("ascii", "replace")
+    return ProxyErrorReply(
+        400, "bad_request", f"The value of the {shown} header is not valid UTF-8."
+    )
+
+
 def upstream_unreachable() -> ProxyErrorReply:
     return ProxyErrorReply(502, "upstream_unreachable", "The Lunary API could not be reached.")
 

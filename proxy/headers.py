@@ -29,6 +29,22 @@ def first_value(headers: Iterable[Header], name: bytes) -> bytes | None:
     return next((value for field, value in headers if field == name), None)
 
 
+def not_utf8(headers: Iterable[Header]) -> bytes | None:
+    """The name of the first header whose value is not UTF-8, or None.
+
+    The upstream client writes header values as UTF-8 text: other bytes cannot be forwarded
+    byte for byte (aiohttp would drop them, changing a credential from the one the scope was
+    derived from), so such a request is refused instead.
+    """
+    for name, value in headers:
+        if not value.isascii():
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                return name
+    return None
+
+
 def end_to_end(
     headers: Iterable[Header], also_drop: frozenset[bytes] = frozenset()
 ) -> list[Header]:

@@ -11,6 +11,9 @@ from proxy.runs import canonical_run_id
 
 _PERCENT_ESCAPE = re.compile(rb"%([0-9a-fA-F]{2})")
 _DOT_SEGMENTS = frozenset({b".", b".."})
+# WHATWG URL parsers (and Node's legacy url.parse) read a backslash as a slash: `/a/..\x` holds a
+# dot segment for them, so a backslash, raw or `%5C`, separates segments in this check too
+_SEGMENT_SEPARATOR = re.compile(rb"/|\\|%5[cC]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +24,8 @@ class PathRejected:
 
 
 def check_path(raw_path: bytes) -> PathRejected | None:
-    """Reject dot segments (also `%2e`-spelled), encoded slashes and control characters."""
+    """Reject dot segments (also `%2e`-spelled, also between backslashes), encoded slashes and
+    control characters."""
     if not raw_path.startswith(b"/"):
         return PathRejected("the path must start with '/'")
     if any(byte < 0x20 or byte == 0x7F for byte in raw_path):
@@ -33,7 +37,9 @@ def check_path(raw_path: bytes) -> PathRejected | None:
                 return PathRejected("the path holds an encoded slash (%2F)")
             if value < 0x20 or value == 0x7F:
                 return PathRejected("the path holds an encoded control character")
-    for segment in raw_path.split(b"/"):
+    separated = b"\\" in raw_path or b"%" in raw_path
+    segments = _SEGMENT_SEPARATOR.split(raw_path) if separated else raw_path.split(b"/")
+    for segment in segments:
         if segment and _decode_dots(segment) in _DOT_SEGMENTS:
             return PathRejected("the path holds a dot segment")
     return None

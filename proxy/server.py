@@ -37,8 +37,7 @@ log = logging.getLogger("proxy.server")
 MAX_HEADER_BYTES = 65_536
 
 
-class HeadersTooLarge(Exception):
-    """Raised in a parser callback to stop parsing: the headers passed MAX_HEADER_BYTES."""
+HEAD_END = b"\r\n\r\n"
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -52,6 +51,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._reading_headers = True  # the connection's first request has not started yet
         self._reading_body = False
         self._header_bytes = 0
+        self._header_tail = b""  # the last bytes of the head so far: its end may straddle reads
         self._headers_too_large = False
         self._unsent = 0
 
@@ -65,22 +65,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if not self._reading_headers:  # a keep-alive connection's next request has begun
             self._reading_headers = True
             self._arm_read(self._header_timeout)
-        self._header_bytes = 0
         super().on_message_begin()
 
-    def on_url(self, url: bytes) -> None:
-        self._count_header_bytes(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value) + 4)
-        super().on_header(name, value)
-
-    def _count_header_bytes(self, size: int) -> None:
-        self._header_bytes += size
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._headers_too_large = True
-            raise HeadersTooLarge  # httptools turns it into an HttpParserError: see below
+    def _unsupported_upgrade_warning(self) -> None:
+        """Silent: the proxy serves no WebSockets (`ws="none"`), so an Upgrade is a plain
+        request, not the missing library uvicorn's two warnings per request would report."""
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request it could not parse (or whose headers were too large)."""
@@ -98,13 +87,30 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        # counted before parsing: httptools buffers a header line whole before its callbacks
+        # see it, so one endless value would be read until the header timeout
+        if not self._reading_body and self._head_too_large(data):
+            self._headers_too_large = True
+            self.send_400_response("")
+            return
         super().data_received(data)
         if self._reading_body:  # the body made progress: its deadline starts again
             self._arm_read(self._body_timeout)
 
+    def _head_too_large(self, data: bytes) -> bool:
+        """Would the request line and headers, with this read, pass MAX_HEADER_BYTES?"""
+        seen = self._header_tail + data
+        end = seen.find(HEAD_END)
+        if end != -1:  # the head ends in this read; what follows is a body or the next request
+            return self._header_bytes + end - len(self._header_tail) > MAX_HEADER_BYTES
+        self._header_bytes += len(data)
+        self._header_tail = seen[-3:]
+        return self._header_bytes > MAX_HEADER_BYTES
+
     def on_headers_complete(self) -> None:
         self._reading_headers = False
         self._reading_body = True
+        self._header_bytes, self._header_tail = 0, b""
         self._arm_read(self._body_timeout)
         super().on_headers_complete()
 

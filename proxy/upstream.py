@@ -126,10 +126,10 @@ class AiohttpUpstream:
         # encoded=True: yarl sends the request-target as the client wrote it, never re-quoted
         url = URL(self._base + target, encoded=True)
         # aiohttp writes header values as UTF-8: decoding them as UTF-8 sends the client's bytes
-        # back out unchanged (latin-1 would double-encode anything above 0x7f)
+        # back out unchanged (latin-1 would double-encode anything above 0x7f); the app refuses
+        # values that are not UTF-8 before they get here (headers.not_utf8)
         headers = CIMultiDict(
-            (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
-            for name, value in request.headers
+            (name.decode("latin-1"), value.decode("utf-8")) for name, value in request.headers
         )
         upload = _Upload(asyncio.current_task())
         body = None if request.body is None else _uploading(request.body, self._timeout, upload)

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from config import Settings
+from proxy.__main__ import server_options
 from proxy.app import ProxyApp, create_app
-from proxy.server import guarded_protocol
 from tests.fake_lunary import FakeLunary
 from tests.servers import (
     RedisClusterServers,
@@ -117,9 +117,8 @@ def make_proxy(upstream: ServerThread) -> Iterator[ProxyFactory]:
             options.update(overrides)
             settings = Settings(**options)
             app = create_app(settings)
-            # served with the proxy's own HTTP protocol, as `python -m proxy` serves it
-            protocol = guarded_protocol(settings.client_timeout)
-            server = stack.enter_context(ServerThread(app, http=protocol))
+            # served as `python -m proxy` serves it: its own HTTP protocol, no WebSockets
+            server = stack.enter_context(ServerThread(app, **server_options(settings)))
             client = stack.enter_context(httpx.Client(base_url=server.url, timeout=10))
             return RunningProxy(app, server.url, client)
 

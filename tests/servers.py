@@ -36,15 +36,14 @@ class ServerThread:
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            proxy_headers=False,
-            timeout_graceful_shutdown=2,
-            **options,
-        )
+        defaults: dict[str, Any] = {
+            "log_config": None,
+            "access_log": False,
+            "lifespan": "on",
+            "proxy_headers": False,
+            "timeout_graceful_shutdown": 2,
+        }
+        config = uvicorn.Config(app, **{**defaults, **options})
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)
 
