@@ -1,9 +1,11 @@
 """What the benchmarks share: processes started and stopped by PID, nginx with its own config,
-and wrk driven by a generated Lua script that reports one JSON line. Loopback only.
+wrk driven by a generated Lua script that reports one JSON line, a raw HTTP/1.1 client for load
+scripts that need more than GET, and per-process readings (CPU, RSS). Loopback only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,9 +19,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.rawhttp import Answer
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,10 +55,17 @@ class Service:
     name: str
     url: str
     process: subprocess.Popen[bytes]
+    log_path: str = ""  # what it wrote to stdout and stderr, until it stops
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def log(self) -> str:
+        """Everything it has logged so far (the file is removed when it stops)."""
+        if not self.log_path:
+            return ""
+        return Path(self.log_path).read_text(encoding="utf-8", errors="replace")
 
 
 @contextlib.contextmanager
@@ -75,7 +87,7 @@ def service(
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start: see {log.name}")
             time.sleep(0.05)
-        yield Service(name, url, process)
+        yield Service(name, url, process, log.name)
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGTERM)
@@ -95,10 +107,19 @@ def python_service(
 
 
 def origin_service(
-    port: int, *, latency: float = 0.0, body_bytes: int = 2048
+    port: int,
+    *,
+    latency: float = 0.0,
+    body_bytes: int = 2048,
+    world: str | None = None,
+    read_latency: float = 0.0,
 ) -> contextlib.AbstractContextManager[Service]:
-    """The fast fake Lunary (benchmarks/origin.py) in its own process."""
+    """The fast fake Lunary (benchmarks/origin.py) in its own process; `world`: marker mode."""
     options = ["--port", str(port), "--latency", str(latency), "--body-bytes", str(body_bytes)]
+    if world is not None:
+        options += ["--world", world]
+    if read_latency:
+        options += ["--read-latency", str(read_latency)]
     return python_service("origin", "benchmarks.origin", port, *options)
 
 
@@ -295,3 +316,117 @@ def free_ports(count: int) -> list[int]:
     while len(ports) < count:
         ports.add(free_port())
     return sorted(ports)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of one process in KiB (VmRSS in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def metric_samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus `/metrics` page, by name and labels."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metric_total(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection for load scripts: any method, a body, HEAD, chunked
+    answers. A few tens of microseconds of CPU per request, where httpx costs milliseconds.
+
+    After any error the connection is dropped; the next request opens a new one. A connection
+    idle for `max_idle` seconds is replaced before use, so the server's keep-alive timeout
+    (uvicorn's is 5 s) never closes one under a request, which would read as a proxy error.
+    """
+
+    def __init__(self, url: str, max_idle: float = 4.0) -> None:
+        parts = urlsplit(url)
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 80
+        self._max_idle = max_idle
+        self._used = 0.0
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> Answer:
+        try:
+            return await self._request(method, path, headers or {}, body)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _request(
+        self, method: str, path: str, headers: dict[str, str], body: bytes | None
+    ) -> Answer:
+        now = time.monotonic()
+        if self._writer is not None and now - self._used > self._max_idle:
+            self.close()
+        self._used = now
+        if self._writer is None or self._writer.is_closing():
+            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+        reader, writer = self._reader, self._writer
+        assert reader is not None
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self._host}:{self._port}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        head = await reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        parsed: dict[str, str] = {}
+        for line in header_lines:
+            if line:
+                name, _, value = line.partition(":")
+                parsed[name.strip().lower()] = value.strip()
+        content = b""
+        if method == "HEAD" or status in (204, 304) or status < 200:
+            pass
+        elif "content-length" in parsed:
+            content = await reader.readexactly(int(parsed["content-length"]))
+        elif "chunked" in parsed.get("transfer-encoding", "").lower():
+            content = await _chunked(reader)
+        else:
+            content = await reader.read()
+            parsed["connection"] = "close"
+        if parsed.get("connection", "").lower() == "close":
+            self.close()
+        self._used = time.monotonic()
+        return Answer(status, parsed, content)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+async def _chunked(reader: asyncio.StreamReader) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass  # trailers
+            return b"".join(parts)
+        parts.append(await reader.readexactly(size))
+        await reader.readexactly(2)

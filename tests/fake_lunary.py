@@ -7,6 +7,7 @@ test shape the upstream; `requests` records what reached it, raw path and header
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections import Counter
@@ -21,6 +22,11 @@ from starlette.types import Receive, Scope, Send
 
 JSON_TYPE = "application/json; charset=utf-8"
 RESERVED = {"count", "usage", "export"}
+
+
+def reader_marker(token: str) -> str:
+    """What a run body read with `token` carries as `reader` when `reader_markers` is on."""
+    return hashlib.sha256(b"fake-lunary-reader:" + token.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -63,6 +69,9 @@ class FakeLunary:
     in_flight: int = 0
     max_in_flight: int = 0
     retry_after: str = "30"
+    # run bodies and /related rows carry "reader": reader_marker(the credential that read them),
+    # so a test can tell whose fetch a cached answer came from
+    reader_markers: bool = False
     _window: Counter[str] = field(default_factory=Counter)
 
     # -- set-up helpers ------------------------------------------------------------------
@@ -167,11 +176,15 @@ class FakeLunary:
             response.headers["Access-Control-Allow-Origin"] = request.headers["origin"]
         return response
 
-    def _authenticate(self, request: Request) -> tuple[ApiKey | None, Response | None]:
-        token = request.headers.get("x-api-key")
+    @staticmethod
+    def _token(request: Request) -> str | None:
         authorization = request.headers.get("authorization")
         if authorization:
-            token = authorization.split(" ", 1)[-1]
+            return authorization.split(" ", 1)[-1]
+        return request.headers.get("x-api-key")
+
+    def _authenticate(self, request: Request) -> tuple[ApiKey | None, Response | None]:
+        token = self._token(request)
         if not token:
             return None, _json({"message": "Not Found"}, 404)
         try:
@@ -223,15 +236,20 @@ class FakeLunary:
                 return _json({"message": "Run not found"}, 404)
             if self.body_override is not None:
                 return Response(self.body_override, 200, media_type=JSON_TYPE)
-            return _json(self.runs[run_id])
+            return _json(self._shown(self.runs[run_id], request))
         if rest[1] == "related":
             if not visible:
                 return _json([])
             family = [self.runs[run_id]] + [
                 r for r in self.runs.values() if r.get("parentRunId") == run_id
             ]
-            return _json(family)
+            return _json([self._shown(run, request) for run in family])
         return _json({"message": "Not Found"}, 404)
+
+    def _shown(self, run: dict[str, Any], request: Request) -> dict[str, Any]:
+        if not self.reader_markers:
+            return run
+        return {**run, "reader": reader_marker(self._token(request) or "")}
 
     def _trickled(self, response: Response) -> Response:
         body, delay = bytes(response.body), self.trickle_delay
