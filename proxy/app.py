@@ -44,7 +44,7 @@ from proxy.store.connection import connect
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
 from proxy.store.notify import FillNotices
-from proxy.store.redis import FILLED_CHANNEL, RedisStore
+from proxy.store.redis import FILLED_CHANNEL, INVALIDATED_CHANNEL, RedisStore
 from proxy.tasks import TaskSet
 from proxy.upstream import AiohttpUpstream
 
@@ -147,6 +147,8 @@ class ProxyApp:
         reads = CachedReads(
             store, upstream, self._hasher, lifetimes, self.metrics, tasks, cooldowns, coordination
         )
+        if notices is not None:  # writes through other replicas detach fills here too
+            notices.on_invalidated = reads.forget_run
         invalidator = Invalidator(
             store,
             self.metrics,
@@ -195,7 +197,7 @@ class ProxyApp:
         if not s.redis_url:
             return None
         listener = connect(s.redis_url, cluster=s.redis_cluster, timeout=None)
-        return FillNotices(listener, FILLED_CHANNEL)
+        return FillNotices(listener, FILLED_CHANNEL, INVALIDATED_CHANNEL)
 
     def _open_store(self, notices: FillNotices | None) -> Store:
         s = self.settings

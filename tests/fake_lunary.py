@@ -63,7 +63,7 @@ class FakeLunary:
     extra_headers: dict[str, str] = field(default_factory=dict)
     body_override: bytes | None = None  # sent instead of a 200 run body (to fake broken JSON)
     trickle_delay: float = 0.0  # send run bodies in 10 pieces, this many seconds apart
-    read_latency: float = 0.0  # extra delay on GETs of runs only (writes stay fast)
+    read_latency: float = 0.0  # extra delay on GETs of runs, after the run was read
     rate_limit: int = 10_000
     limited_buckets: set[str] = field(default_factory=set)  # always 429, whatever the count
     in_flight: int = 0
@@ -143,11 +143,13 @@ class FakeLunary:
         try:
             if self.latency:
                 await asyncio.sleep(self.latency)
+            response = self._answer(request, body)
             if self.read_latency and scope["method"] == "GET" and b"/v1/runs/" in scope["raw_path"]:
+                # the run was read when the request arrived: a write during this pause is
+                # not in the answer, as with a database read before a slow response
                 await asyncio.sleep(self.read_latency)
         finally:
             self.in_flight -= 1
-        response = self._answer(request, body)
         if self.trickle_delay and response.status_code == 200:
             response = self._trickled(response)
         for name, value in self.extra_headers.items():

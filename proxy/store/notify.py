@@ -1,8 +1,11 @@
-"""Fill announcements over Redis pub/sub, so waiters in other replicas wake when an entry lands.
+"""Announcements over Redis pub/sub between replicas: fills that landed, runs invalidated.
 
-One subscriber connection per process listens on one channel. A leader publishes only when a
-waiter flagged itself (the flag and the publish live in the fill scripts), so uncontended misses
-cost no pub/sub traffic at all.
+One subscriber connection per process listens on both channels. A leader publishes a fill only
+when a waiter flagged itself (the flag and the publish live in the fill scripts), so uncontended
+misses cost no pub/sub traffic at all. An invalidation is announced in the script that raises
+the run's generation, before the writer's client hears back: every replica then detaches its
+fills of that run under way, so a read sent after the write's answer never joins a fill that
+began before it (it would hand back the old body), wherever the write went.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from redis.asyncio import Redis, RedisCluster
 
@@ -22,13 +25,18 @@ RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0)
 
 
 class FillNotices:
-    """Resolves the futures of local waiters when a fill of their key is announced."""
+    """Resolves the futures of local waiters when a fill of their key is announced, and calls
+    `on_invalidated` with each run another replica (or this one) invalidated."""
 
-    def __init__(self, client: Redis | RedisCluster, channel: str) -> None:
+    def __init__(
+        self, client: Redis | RedisCluster, channel: str, invalidated_channel: str
+    ) -> None:
         self._client = client
         self._channel = channel
+        self._invalidated_channel = invalidated_channel.encode()
         self._waiting: dict[bytes, set[asyncio.Future[None]]] = {}
         self.subscribed = asyncio.Event()
+        self.on_invalidated: Callable[[str], None] = lambda run_id: None
 
     @contextlib.contextmanager
     def watch(self, redis_key: str) -> Iterator[asyncio.Future[None]]:
@@ -53,13 +61,13 @@ class FillNotices:
             try:
                 if isinstance(self._client, RedisCluster):
                     await self._client.initialize()  # its pub/sub needs the slot map first
-                await pubsub.subscribe(self._channel)
+                await pubsub.subscribe(self._channel, self._invalidated_channel)
                 self.subscribed.set()
                 attempt = 0
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
-                        self._wake(message["data"])
+                        self._dispatch(message["channel"], message["data"])
             except Exception as exc:  # the listener must outlive any client error
                 self.subscribed.clear()
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
@@ -74,8 +82,11 @@ class FillNotices:
     async def close(self) -> None:
         await close_client(self._client)
 
-    def _wake(self, data: object) -> None:
+    def _dispatch(self, channel: object, data: object) -> None:
         if not isinstance(data, bytes):
+            return
+        if channel == self._invalidated_channel:
+            self.on_invalidated(data.decode("ascii", "replace"))
             return
         for future in self._waiting.pop(data, ()):
             if not future.done():

@@ -31,6 +31,7 @@ from proxy.store.notify import FillNotices
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 KEY_PREFIX = "lcp:1:"
 FILLED_CHANNEL = KEY_PREFIX + "filled"
+INVALIDATED_CHANNEL = KEY_PREFIX + "invalidated"
 
 # KEYS: lock, wait flag, generation, entry. ARGV: token, lease ms. Lead: {1, generation, entry}
 # (what is stored now, read in the same step); or flag a waiter and follow: {0}.
@@ -41,7 +42,8 @@ end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
 return {0}
 """
-# KEYS: generation. ARGV: how long it must outlive the entries written under older generations.
+# KEYS: generation. ARGV: how long it must outlive the entries written under older generations,
+# the channel and the run id to announce it with (so other replicas detach fills under way).
 # Generations never repeat (microseconds of the server clock, and always above the last one), so
 # an entry of an old generation can never match again, even after the counter expired.
 INVALIDATE = """
@@ -49,6 +51,7 @@ local last = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 local now = redis.call('TIME')
 local generation = math.max(last + 1, tonumber(now[1]) * 1000000 + tonumber(now[2]))
 redis.call('SET', KEYS[1], string.format('%d', generation), 'PX', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
 return generation
 """
 # KEYS: entry, lock, wait flag. ARGV: encoded entry or '', ttl ms, token, channel.
@@ -147,7 +150,8 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._invalidate(
-                    keys=[generation_redis_key(run_id)], args=[max(1, _ms(keep_for))]
+                    keys=[generation_redis_key(run_id)],
+                    args=[max(1, _ms(keep_for)), INVALIDATED_CHANNEL, run_id],
                 )
         except REDIS_FAILURES as exc:
             raise _failed("invalidate", exc) from exc

@@ -229,3 +229,25 @@ async def test_a_read_after_a_write_never_joins_a_fill_from_before_it(
 
     assert written.status_code == 200
     assert after.json()["tags"] == ["new"]
+
+
+async def test_a_read_after_a_write_through_another_replica_never_joins_an_older_fill(
+    make_proxy: ProxyFactory, fake: FakeLunary, redis_url: str
+) -> None:
+    writer, reader = make_proxy(redis_url=redis_url), make_proxy(redis_url=redis_url)
+    key, run = fake.add_key(), fake.add_run()
+    fake.read_latency = 0.6  # the run is read when the request arrives, answered 0.6 s later
+    headers = {"X-API-Key": key}
+    async with httpx.AsyncClient(timeout=10) as client:
+        before = asyncio.create_task(client.get(f"{reader.url}/v1/runs/{run}", headers=headers))
+        await asyncio.sleep(0.2)  # the reader's fill is under way, with the old tags
+        written = await client.patch(
+            f"{writer.url}/v1/runs/{run}/tags", json=["new"], headers=headers
+        )
+        after = await client.get(f"{reader.url}/v1/runs/{run}", headers=headers)
+        first = await before
+
+    assert written.status_code == 200
+    assert "tags" not in first.json()  # began before the write: may answer the old run
+    assert after.json()["tags"] == ["new"]
+    assert fake.count(run, "GET") == 2

@@ -10,7 +10,7 @@ import pytest
 from proxy.model import Entry, EntryKey
 from proxy.store.connection import connect
 from proxy.store.notify import FillNotices
-from proxy.store.redis import FILLED_CHANNEL, RedisStore, entry_redis_key
+from proxy.store.redis import FILLED_CHANNEL, INVALIDATED_CHANNEL, RedisStore, entry_redis_key
 from tests.servers import RedisServer
 
 KEY = EntryKey("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "run:scope")
@@ -21,7 +21,9 @@ class Replica:
     """One replica's store with its own pub/sub listener, as the app wires them."""
 
     def __init__(self, url: str) -> None:
-        self.notices = FillNotices(connect(url, cluster=False, timeout=None), FILLED_CHANNEL)
+        self.notices = FillNotices(
+            connect(url, cluster=False, timeout=None), FILLED_CHANNEL, INVALIDATED_CHANNEL
+        )
         self.store = RedisStore(connect(url, cluster=False, timeout=1), 1, notices=self.notices)
         self.listener = asyncio.create_task(self.notices.run())
 
