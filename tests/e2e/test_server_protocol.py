@@ -1,9 +1,13 @@
-"""The proxy's HTTP protocol: requests it cannot take are refused in JSON, headers are bounded."""
+"""The proxy's HTTP protocol (proxy/server.py): requests it cannot take are refused in JSON, heads
+are bounded as they arrive, an Upgrade never smuggles a request, a 100-continue client waits."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 
+import httpx
 import orjson
 import pytest
 
@@ -63,3 +67,98 @@ def test_headers_over_the_bound_get_431_and_are_never_forwarded(
     assert refused[0] == 431
     assert orjson.loads(refused[2])["error"] == "headers_too_large"
     assert len(fake.requests) == 1
+
+
+def test_an_upgrade_with_a_body_is_refused_so_the_body_is_never_a_request(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy()
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: p\r\n\r\n"
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: p\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled)
+    )
+
+    status, _, body = exchange(proxy, request)
+
+    assert status == 400
+    assert orjson.loads(body)["error"] == "bad_request"
+    assert fake.requests == []
+
+
+def test_an_upgrade_without_a_body_is_answered_then_the_connection_closed(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy()
+    request = (
+        b"GET /v1/template_versions/latest?slug=a HTTP/1.1\r\nHost: p\r\nUpgrade: h2c\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n"
+        b"GET /v1/template_versions/latest?slug=b HTTP/1.1\r\nHost: p\r\n\r\n"
+    )
+
+    status, _, body = exchange(proxy, request)
+
+    assert status == 200
+    assert orjson.loads(body)["slug"] == "a"
+    assert b"HTTP/1.1" not in body  # one answer: what followed the upgrade was never parsed
+    assert [seen.query_string for seen in fake.requests] == [b"slug=a"]
+    assert fake.requests[0].header(b"upgrade") is None  # hop-by-hop
+
+
+def test_an_endless_head_is_refused_as_it_arrives(make_proxy: ProxyFactory) -> None:
+    proxy = make_proxy()  # the header timeout is 60 s: the refusal must not wait for it
+
+    status, _, body = exchange(proxy, b"GET /x HTTP/1.1\r\nX-Big: " + b"v" * 200_000)
+
+    assert status == 431
+    assert orjson.loads(body)["error"] == "headers_too_large"
+
+
+def test_a_pipelined_head_over_the_bound_is_never_served(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy()
+    first = b"GET /v1/template_versions/latest?slug=a HTTP/1.1\r\nHost: p\r\n\r\n"
+    second = b"GET /v1/template_versions/latest?slug=b HTTP/1.1\r\nX-Big: %s\r\n\r\n" % (
+        b"v" * 180_000
+    )
+
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(first + second)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+
+    # the first may be answered, or cut with the connection (its answer was still owed when
+    # the second head passed the bound): the second is never served
+    assert b"slug=b" not in [seen.query_string for seen in fake.requests]
+    assert answer.count(b"HTTP/1.1 200") <= 1
+
+
+async def test_a_client_waiting_for_100_continue_is_not_cut_while_the_proxy_waits(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    # one upstream connection, held 2.5 s by a slow fill: the upload waits for it longer than
+    # the client timeout, and its client rightly sends nothing before `100 Continue`
+    proxy = make_proxy(client_timeout=1, upstream_max_connections=1, upstream_timeout=5)
+    key, run = fake.add_key(), fake.add_run()
+    fake.read_latency = 2.5
+    host, port = proxy.url.removeprefix("http://").split(":")
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
+        fill = asyncio.create_task(client.get(f"/v1/runs/{run}", headers={"X-API-Key": key}))
+        await asyncio.sleep(0.3)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /echo HTTP/1.1\r\nHost: p\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+        )
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 8)
+        writer.write(b"hello")
+        final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 8)
+        writer.close()
+        filled = await fill
+
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    assert final.startswith(b"HTTP/1.1 201 ")
+    assert filled.status_code == 200
