@@ -266,7 +266,9 @@ class CachedReads:
                 stale = (found.entry, judgement)
         seen = found.entry.stored_at if found.entry is not None else 0.0
         fill = self._fill_for(request, facts, key, now, found.generation, use_store=True, seen=seen)
-        if stale is not None and not refresh:
+        # a store refusing writes could keep no refresh, and the stale entry would be served
+        # until its window ends with Lunary healthy: it is fetched now (stale if that fails)
+        if stale is not None and not refresh and not self._store.writes_refused:
             self._refresh_in_background(fill)
             return replies.stale(*stale, Reason.REVALIDATING)
         fwd = "request" if refresh else ("stale" if found.entry is not None else "miss")
@@ -445,10 +447,11 @@ class CachedReads:
             elif entry is not None:
                 await self._store.save(fill.key, entry)
         except StoreError as exc:
+            if entry is None:  # only the lock's release failed: the policy's reason stands
+                return _Filled(fetched, entry, stored=False, not_stored=not_stored)
             refused = isinstance(exc, StoreRefused)
             reason = Reason.STORE_REFUSED if refused else Reason.STORE_UNAVAILABLE
-            if entry is not None:
-                self._metrics.not_stored(reason)
+            self._metrics.not_stored(reason)
             return _Filled(fetched, entry, stored=False, not_stored=reason)
         return _Filled(fetched, entry, stored=entry is not None, not_stored=not_stored)
 

@@ -17,8 +17,13 @@ class StoreError(Exception):
 
 
 class StoreRefused(StoreError):
-    """The store answered but refused the command (out of memory under `noeviction`, a
-    read-only replica): it is up, so other calls, reads above all, should go on."""
+    """The store answered but refused a write (out of memory under `noeviction`, unable to
+    persist): it is up, so reads should go on."""
+
+
+class ForeignValue(StoreError):
+    """A value of another type (not ours) sits under one of our keys: this call failed, the
+    store is fine, and the next save replaces the value."""
 
 
 class StoreUnavailable(StoreError):
@@ -27,6 +32,12 @@ class StoreUnavailable(StoreError):
 
 class Store(Protocol):
     """Where entries live. Every method is bounded in time or raises StoreError."""
+
+    @property
+    def writes_refused(self) -> bool:
+        """True for a while after the store refused a write (StoreRefused): what it holds is
+        still served, but nothing new can be stored."""
+        ...
 
     async def lookup(self, key: EntryKey) -> Lookup:
         """The current entry under `key` (None when absent, expired, corrupt or invalidated)."""

@@ -3,6 +3,11 @@
 While Redis is down every request would otherwise pay a connect error or a full timeout; the
 breaker turns that into an immediate StoreUnavailable, and one probe per interval finds the store
 again, so caching resumes by itself.
+
+A store that refuses writes (StoreRefused: out of memory under `noeviction`) is up: reads go on,
+but for a few seconds writes are not even tried (memory pressure does not pass in a second),
+and `writes_refused` tells the reads not to serve stale entries while refreshing them in the
+background, since no refresh could be stored.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TypeVar
 
 from proxy.metrics import Metrics
 from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import Store, StoreError, StoreRefused, StoreUnavailable
+from proxy.ports import ForeignValue, Store, StoreError, StoreRefused, StoreUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("proxy.store")
@@ -31,6 +36,7 @@ class GuardedStore:
         metrics: Metrics,
         open_for: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        refuse_writes_for: float = 5.0,
     ) -> None:
         self._inner = inner
         self._metrics = metrics
@@ -38,15 +44,28 @@ class GuardedStore:
         self._clock = clock
         self._open_until: float | None = None
         self._probing = False
+        self._refuse_writes_for = refuse_writes_for
+        self._refusing_until: float | None = None
 
     @property
     def is_open(self) -> bool:
         return self._open_until is not None
 
+    @property
+    def writes_refused(self) -> bool:
+        if self._refusing_until is None:
+            return False
+        if self._clock() < self._refusing_until:
+            return True
+        self._refusing_until = None
+        log.info("store accepts writes again")
+        return False
+
     async def lookup(self, key: EntryKey) -> Lookup:
         return await self._call("lookup", lambda: self._inner.lookup(key))
 
     async def save(self, key: EntryKey, entry: Entry) -> None:
+        self._check_writes()
         await self._call("save", lambda: self._inner.save(key, entry))
 
     async def invalidate_run(self, run_id: str, keep_for: float) -> int:
@@ -54,9 +73,11 @@ class GuardedStore:
         return await self._measure("invalidate", self._inner.invalidate_run(run_id, keep_for))
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
+        self._check_writes()
         return await self._call("begin_fill", lambda: self._inner.begin_fill(key, token, lease))
 
     async def lead_fill(self, key: EntryKey, token: str, lease: float) -> Lookup | None:
+        self._check_writes()
         return await self._call("begin_fill", lambda: self._inner.lead_fill(key, token, lease))
 
     async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
@@ -71,6 +92,7 @@ class GuardedStore:
         return await self._call("cooldown_read", lambda: self._inner.cooldown_until(bucket))
 
     async def start_cooldown(self, bucket: str, until: float, ttl: float) -> None:
+        self._check_writes()
         await self._call("cooldown_write", lambda: self._inner.start_cooldown(bucket, until, ttl))
 
     async def ping(self) -> None:
@@ -99,8 +121,12 @@ class GuardedStore:
         started = time.perf_counter()
         try:
             result = await call
-        except StoreRefused:
+        except ForeignValue:
+            self._metrics.store_error(operation)  # one key's trouble: the store is fine
+            raise
+        except StoreRefused as exc:
             self._metrics.store_error(operation)  # counted; the store is up: stay closed
+            self._refuse_writes(exc)
             raise
         except StoreError as exc:
             self._metrics.store_error(operation)
@@ -109,6 +135,18 @@ class GuardedStore:
         finally:
             self._metrics.store_latency(operation, time.perf_counter() - started)
         return result
+
+    def _check_writes(self) -> None:
+        if self.writes_refused:
+            raise StoreRefused("the store refused a write moments ago")
+
+    def _refuse_writes(self, exc: StoreRefused) -> None:
+        if self._refusing_until is None:
+            log.warning(
+                "store refuses writes: serving what it holds, storing nothing",
+                extra={"error": str(exc)},
+            )
+        self._refusing_until = self._clock() + self._refuse_writes_for
 
     def _open_breaker(self, exc: StoreError) -> None:
         if self._open_until is None:

@@ -19,10 +19,16 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import StoreError, StoreRefused
+from proxy.ports import ForeignValue, StoreError, StoreRefused
 from proxy.store import codec
 from proxy.store.connection import close_client
 from proxy.store.notify import FillNotices
@@ -110,6 +116,20 @@ class RedisStore:
         self._begin_fill = client.register_script(BEGIN_FILL)
         self._end_fill = client.register_script(END_FILL)
         self._invalidate = client.register_script(INVALIDATE)
+        self._reconnecting: asyncio.Task[None] | None = None
+
+    def _failed(self, operation: str, exc: BaseException) -> StoreError:
+        if isinstance(exc, ReadOnlyError) and isinstance(self._client, Redis):
+            self._reconnect(self._client)
+        return _failed(operation, exc)
+
+    def _reconnect(self, client: Redis) -> None:
+        """READONLY on a plain URL: the node was demoted in a failover and the pooled
+        connections still point at it; dropping them makes the next call resolve the primary
+        endpoint anew (redis-py does this itself for Sentinel and Cluster clients)."""
+        if self._reconnecting is None or self._reconnecting.done():
+            pool = client.connection_pool
+            self._reconnecting = asyncio.get_running_loop().create_task(pool.disconnect())
 
     async def lookup(self, key: EntryKey) -> Lookup:
         redis_key = entry_redis_key(key)
@@ -119,7 +139,7 @@ class RedisStore:
                     generation_redis_key(key.run_id), redis_key
                 )
         except REDIS_FAILURES as exc:
-            raise _failed("lookup", exc) from exc
+            raise self._failed("lookup", exc) from exc
         return self._found(generation_raw, data)
 
     def _found(self, generation_raw: object, data: object, *, count_corrupt: bool = True) -> Lookup:
@@ -144,7 +164,7 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(entry_redis_key(key), codec.encode(entry), px=ttl_ms)
         except REDIS_FAILURES as exc:
-            raise _failed("save", exc) from exc
+            raise self._failed("save", exc) from exc
 
     async def invalidate_run(self, run_id: str, keep_for: float) -> int:
         try:
@@ -154,7 +174,7 @@ class RedisStore:
                     args=[max(1, _ms(keep_for)), INVALIDATED_CHANNEL, run_id],
                 )
         except REDIS_FAILURES as exc:
-            raise _failed("invalidate", exc) from exc
+            raise self._failed("invalidate", exc) from exc
         return 0  # the entries are dead, not counted: counting them would need a scan
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
@@ -178,7 +198,7 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 reply: list[object] = await self._begin_fill(keys=keys, args=[token, _ms(lease)])
         except REDIS_FAILURES as exc:
-            raise _failed("begin_fill", exc) from exc
+            raise self._failed("begin_fill", exc) from exc
         return reply
 
     async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
@@ -190,7 +210,7 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 await self._end_fill(keys=keys, args=[value, ttl_ms, token, FILLED_CHANNEL])
         except REDIS_FAILURES as exc:
-            raise _failed("end_fill", exc) from exc
+            raise self._failed("end_fill", exc) from exc
 
     def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
         if self._notices is None:
@@ -202,7 +222,7 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 raw = await self._client.get(cooldown_redis_key(bucket))
         except REDIS_FAILURES as exc:
-            raise _failed("cooldown read", exc) from exc
+            raise self._failed("cooldown read", exc) from exc
         try:
             return float(raw) if isinstance(raw, bytes) else 0.0
         except ValueError:
@@ -213,23 +233,34 @@ class RedisStore:
             async with asyncio.timeout(self._timeout):
                 await self._client.set(cooldown_redis_key(bucket), repr(until), px=max(1, _ms(ttl)))
         except REDIS_FAILURES as exc:
-            raise _failed("cooldown write", exc) from exc
+            raise self._failed("cooldown write", exc) from exc
+
+    @property
+    def writes_refused(self) -> bool:
+        return False  # the guard around the store keeps track
 
     async def ping(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._client.ping()
         except REDIS_FAILURES as exc:
-            raise _failed("ping", exc) from exc
+            raise self._failed("ping", exc) from exc
 
     async def close(self) -> None:
         await close_client(self._client)
 
 
 def _failed(operation: str, exc: BaseException) -> StoreError:
-    """StoreRefused when Redis answered with an error (OOM under noeviction, a read-only
-    replica): it is up, so reads go on. Anything else means it is down or too slow."""
-    kind = StoreRefused if isinstance(exc, ResponseError) else StoreError
+    """StoreRefused when Redis is up but refuses writes: out of memory under `noeviction`, or
+    unable to persist (MISCONF); ForeignValue for a value of another type under one of our keys
+    (WRONGTYPE). Anything else (down, slow, CLUSTERDOWN, TRYAGAIN, BUSY, READONLY...) is a
+    StoreError: the store cannot be used, and the breaker skips it for a while."""
+    plain = type(exc) is ResponseError
+    kind: type[StoreError] = StoreError
+    if isinstance(exc, OutOfMemoryError) or (plain and str(exc).startswith("MISCONF")):
+        kind = StoreRefused
+    elif plain and "WRONGTYPE" in str(exc):
+        kind = ForeignValue
     return kind(f"{operation} failed: {type(exc).__name__}")
 
 

@@ -176,7 +176,7 @@ def small_redis() -> Iterator[RedisServer]:
 def test_redis_out_of_memory_refuses_writes_and_still_serves_reads(
     make_proxy: ProxyFactory, fake: FakeLunary, small_redis: RedisServer
 ) -> None:
-    proxy = make_proxy(redis_url=small_redis.url)
+    proxy = make_proxy(redis_url=small_redis.url, cache_ttl=1)
     key = fake.add_key()
     cached, uncached = fake.add_run(), fake.add_run()
     headers = {"X-API-Key": key}
@@ -187,15 +187,20 @@ def test_redis_out_of_memory_refuses_writes_and_still_serves_reads(
     served = proxy.get(f"/v1/runs/{cached}", headers=headers)
     ready = proxy.get("/readyz")
     metrics = proxy.get("/metrics").text
+    time.sleep(1.2)  # the cached entry is stale now: no refresh of it could be stored
+    expired = proxy.get(f"/v1/runs/{cached}", headers=headers)
 
     assert [r.status_code for r in refused] == [200, 200]
     assert [r.headers["x-cache"] for r in refused] == ["MISS", "MISS"]
     assert "detail=store-refused" in refused[0].headers["cache-status"]
     assert fake.count(uncached) == 2  # nothing could be stored
     assert served.headers["x-cache"] == "HIT"  # right after a refused write: no breaker
+    assert expired.headers["x-cache"] == "MISS"  # fetched now, not STALE for the stale window
+    assert fake.count(cached) == 2
     assert ready.status_code == 200
     assert metric(metrics, "lunary_proxy_store_breaker_open") == 0.0
-    assert metric(metrics, "lunary_proxy_store_errors_total", '{operation="save"}') >= 2
+    # the first refusal (taking the fill lock) pauses writes: the saves are not even tried
+    assert metric(metrics, "lunary_proxy_store_errors_total", '{operation="begin_fill"}') == 1
     assert (
         metric(metrics, "lunary_proxy_responses_not_stored_total", '{reason="store-refused"}') == 2
     )

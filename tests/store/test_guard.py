@@ -112,18 +112,27 @@ async def test_ping_always_asks_the_store_and_closes_on_success(
     assert await guard.lookup(KEY) == Lookup(None, 0)
 
 
-async def test_a_refused_write_is_counted_but_reads_go_on(
+async def test_a_refused_write_is_counted_reads_go_on_and_writes_pause(
     parts: tuple[FlakyStore, GuardedStore, list[float], Metrics],
 ) -> None:
-    inner, guard, _, metrics = parts
+    inner, guard, now, metrics = parts
     inner.refusing_writes = True
+    entry = Entry(200, "", b"", "", 0, 1, 0)
 
     with pytest.raises(StoreRefused):
-        await guard.save(KEY, Entry(200, "", b"", "", 0, 1, 0))
+        await guard.save(KEY, entry)
     found = await guard.lookup(KEY)
+    with pytest.raises(StoreRefused):
+        await guard.save(KEY, entry)  # not even tried
+    refused_meanwhile = guard.writes_refused
+    inner.refusing_writes = False
+    now[0] = 5.5
+    await guard.save(KEY, entry)  # tried again after the pause
 
     assert found == Lookup(None, 0)
     assert not guard.is_open
-    assert inner.calls == 2
+    assert refused_meanwhile
+    assert not guard.writes_refused
+    assert inner.calls == 3
     errors = {"operation": "save"}
     assert metrics.registry.get_sample_value("lunary_proxy_store_errors_total", errors) == 1
