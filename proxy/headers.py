@@ -30,19 +30,31 @@ def first_value(headers: Iterable[Header], name: bytes) -> bytes | None:
 
 
 def not_utf8(headers: Iterable[Header]) -> bytes | None:
-    """The name of the first header whose value is not UTF-8, or None.
+    """The name of the first header to forward whose value is not UTF-8, or None.
 
     The upstream client writes header values as UTF-8 text: other bytes cannot be forwarded
     byte for byte (aiohttp would drop them, changing a credential from the one the scope was
-    derived from), so such a request is refused instead.
+    derived from), so such a request is refused instead. Hop-by-hop headers are never
+    forwarded, so their bytes do not matter.
     """
     for name, value in headers:
-        if not value.isascii():
-            try:
-                value.decode("utf-8")
-            except UnicodeDecodeError:
+        if value.isascii():
+            continue
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            if name not in HOP_BY_HOP and name not in _connection_named(headers):
                 return name
     return None
+
+
+def _connection_named(headers: Iterable[Header]) -> set[bytes]:
+    return {
+        token.strip().lower()
+        for name, value in headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
 
 
 def end_to_end(
@@ -53,12 +65,7 @@ def end_to_end(
     Names must already be lower case (ASGI gives them so; the upstream adapter lower-cases).
     """
     headers = list(headers)
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name == b"connection"
-        for token in value.split(b",")
-    }
+    named = _connection_named(headers)
     return [
         (name, value)
         for name, value in headers

@@ -49,6 +49,14 @@ CACHE_HEADERS = {
 }
 
 
+def _with_retry_after(response: dict[str, Any]) -> dict[str, Any]:
+    response["headers"] = {
+        **response.get("headers", {}),
+        "Retry-After": {"description": "Seconds to wait.", "schema": STRING},
+    }
+    return response
+
+
 def _cached_read(summary: str, body_schema: dict[str, Any], *, head: bool) -> dict[str, Any]:
     """One operation of a cached route: GET answers a body, HEAD the same headers without it."""
 
@@ -78,22 +86,31 @@ def _cached_read(summary: str, body_schema: dict[str, Any], *, head: bool) -> di
         "security": [{}, {"LunaryBearer": []}, {"LunaryApiKey": []}],
         "responses": {
             "200": ok,
-            "304": {"description": "The client's If-None-Match matches the ETag."},
-            "400": answered("The path holds a dot segment, encoded slash or control character.",
-                            _ref("schemas", "ProxyError")),
+            "304": {
+                "description": "The client's If-None-Match matches the ETag.",
+                "headers": {**CACHE_HEADERS, "ETag": _ref("headers", "ETag")},
+            },
+            "400": answered("The path holds a dot segment, an encoded slash, a backslash or a "
+                            "control character; a header value is not UTF-8; or the request is "
+                            "not valid HTTP/1.1.", _ref("schemas", "ProxyError")),
             "401": answered("Lunary refused the credential (never stored).",
                             _ref("schemas", "LunaryError")),
             "403": answered("Lunary refused the credential (never stored).",
                             _ref("schemas", "LunaryError")),
             "404": answered("Lunary has no such run for this credential (kept briefly per scope).",
                             _ref("schemas", "LunaryError")),
-            "429": answered("Lunary's rate limit, or the proxy's cooldown after one "
-                            "(with Retry-After).",
-                            {"anyOf": [_ref("schemas", "ProxyError"), {"type": "string"}]}),
+            "429": _with_retry_after(answered(
+                "Lunary's rate limit (its body is text), or the proxy's cooldown after one.",
+                {"anyOf": [_ref("schemas", "ProxyError"), {"type": "string"}]})),
+            "431": answered("The request line and headers exceed 64 KiB.",
+                            _ref("schemas", "ProxyError")),
             "502": answered("Lunary could not be reached and nothing stale could be served.",
                             _ref("schemas", "ProxyError")),
+            "503": answered("The proxy is starting or stopping.", _ref("schemas", "ProxyError")),
             "504": answered("Lunary did not answer in time and nothing stale could be served.",
                             _ref("schemas", "ProxyError")),
+            "default": {"description": "Any other answer of Lunary's (a 5xx, say), relayed as it "
+                                       "came and never stored."},
         },
     }  # fmt: skip
 

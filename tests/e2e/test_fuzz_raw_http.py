@@ -215,9 +215,10 @@ def unsafe_path(raw_path: bytes) -> str | None:
         return "a control character"
     if decoded.count(b"/") != raw_path.count(b"/"):
         return "an encoded slash"
-    # a backslash is a slash to WHATWG URL parsers (and Node's): it separates segments too
-    if any(unquote_to_bytes(s) in (b".", b"..") for s in re.split(rb"/|\\|%5[cC]", raw_path)):
+    if any(unquote_to_bytes(s) in (b".", b"..") for s in raw_path.split(b"/")):
         return "a dot segment"
+    if b"\\" in decoded:  # a slash to WHATWG URL parsers (and some of Node's)
+        return "a backslash"
     if not raw_path.startswith(b"/"):
         return "no leading slash"
     return None

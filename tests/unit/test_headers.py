@@ -10,6 +10,7 @@ from proxy.headers import (
     first_forwarded_address,
     forwarded_for,
     if_none_match_hits,
+    not_utf8,
     retry_after_seconds,
 )
 from proxy.model import ClientDirectives
@@ -89,3 +90,10 @@ def test_forwarded_for_appends_the_socket_address_once() -> None:
 def test_retry_after(value: bytes | None, seconds: float) -> None:
     now = 1_795_341_600.0  # Sun, 22 Nov 2026 10:00:00 GMT
     assert retry_after_seconds(value, now) == pytest.approx(seconds)
+
+
+def test_only_forwarded_header_values_must_be_utf8() -> None:
+    assert not_utf8([(b"x-title", "café".encode())]) is None
+    assert not_utf8([(b"authorization", b"Bearer k\xff")]) == b"authorization"
+    assert not_utf8([(b"upgrade", b"\xff"), (b"x-a", b"ok")]) is None  # hop-by-hop
+    assert not_utf8([(b"connection", b"x-private"), (b"x-private", b"\xfe")]) is None

@@ -8,7 +8,6 @@ accepts, judged by a reference predicate written from the SPEC text, not from th
 
 from __future__ import annotations
 
-import re
 import uuid
 from urllib.parse import quote, unquote_to_bytes
 
@@ -233,8 +232,8 @@ def spec_accepts(raw_path: bytes) -> bool:
     spelling: a segment that is `.` or `..` once percent-decoded); an encoded slash (a `/` that
     appears only after decoding); a NUL or other control character (C0 or DEL), raw or
     percent-encoded. The path is decoded once only: `%252e` is `%2e` after it, not a dot.
-    Beyond the SPEC's letter: a backslash, raw or `%5C`, separates segments too, since WHATWG
-    URL parsers (and Node's) read it as a slash, so `/a/..\\b` holds a dot segment for them.
+    Beyond the SPEC's letter: a backslash, raw or `%5C`, is refused too, since WHATWG URL
+    parsers (and some of Node's) read it as a slash, so `/a/..\\b` holds a dot segment for them.
     """
     if not raw_path.startswith(b"/"):
         return False
@@ -243,8 +242,9 @@ def spec_accepts(raw_path: bytes) -> bool:
         return False
     if decoded.count(b"/") != raw_path.count(b"/"):
         return False
-    segments = re.split(rb"/|\\|%5[cC]", raw_path)
-    return not any(unquote_to_bytes(segment) in (b".", b"..") for segment in segments)
+    if b"\\" in decoded:
+        return False
+    return not any(unquote_to_bytes(s) in (b".", b"..") for s in raw_path.split(b"/"))
 
 
 PATH_ATOMS = [
