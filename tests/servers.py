@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import redis
 import uvicorn
@@ -74,8 +74,9 @@ def redis_binary() -> str:
     return path
 
 
-class DroppingServer:
-    """A TCP server on loopback that reads each request and closes without answering."""
+class RawServer:
+    """A TCP server on loopback, one connection at a time, for upstreams that misbehave below
+    HTTP: `answer` gets each connection once it has sent its request."""
 
     def __init__(self) -> None:
         self._sock = socket.socket()
@@ -86,6 +87,9 @@ class DroppingServer:
         self.requests = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def answer(self, conn: socket.socket) -> None:
+        """Close without answering (subclasses answer otherwise)."""
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -98,8 +102,9 @@ class DroppingServer:
                 with contextlib.suppress(OSError):
                     if conn.recv(65536):
                         self.requests += 1
+                        self.answer(conn)
 
-    def __enter__(self) -> DroppingServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

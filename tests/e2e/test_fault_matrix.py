@@ -13,7 +13,6 @@ import contextlib
 import re
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 
@@ -22,7 +21,7 @@ import pytest
 
 from tests.conftest import SCOPE_SECRET, ProxyFactory
 from tests.fake_lunary import FakeLunary
-from tests.servers import ProxyProcess, RedisServer, ServerThread
+from tests.servers import ProxyProcess, RawServer, RedisServer, ServerThread
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -34,49 +33,22 @@ def metric(text: str, name: str, labels: str = "") -> float:
 # -- Lunary resets the connection half-way through a body ----------------------------------------
 
 
-class ResettingUpstream:
-    """A raw TCP upstream that answers 200 with a body it cuts off with a reset half-way."""
+class ResettingUpstream(RawServer):
+    """An upstream that answers 200 with a body it cuts off with a reset half-way."""
 
     def __init__(self, length: int, sent: int) -> None:
+        super().__init__()
         self.length, self.sent = length, sent
-        self.requests = 0
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(8)
-        self._sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                with contextlib.suppress(OSError):
-                    if not conn.recv(65536):
-                        continue
-                    self.requests += 1
-                    head = (
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: %d\r\n\r\n" % self.length
-                    )
-                    conn.sendall(head + b'{"id":"' + b"x" * (self.sent - 7))
-                    time.sleep(0.5)  # let the proxy read what was sent before the reset
-                    # SO_LINGER 0: close() sends a RST, not a FIN
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-    def __enter__(self) -> ResettingUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
+    def answer(self, conn: socket.socket) -> None:
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % self.length
+        )
+        conn.sendall(head + b'{"id":"' + b"x" * (self.sent - 7))
+        time.sleep(0.5)  # let the proxy read what was sent before the reset
+        # SO_LINGER 0: close() sends a RST, not a FIN
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 RUN = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"

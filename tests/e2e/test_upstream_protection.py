@@ -10,7 +10,7 @@ import httpx
 from tests.conftest import ProxyFactory
 from tests.e2e.test_stampede import burst
 from tests.fake_lunary import FakeLunary
-from tests.servers import DroppingServer, ProxyProcess, ServerThread, replica_settings
+from tests.servers import ProxyProcess, RawServer, ServerThread, replica_settings
 
 
 async def test_a_429_cools_its_bucket_down_on_every_replica(
@@ -99,7 +99,7 @@ async def test_concurrent_upstream_requests_are_bounded(
 
 
 def test_non_idempotent_requests_are_never_retried(make_proxy: ProxyFactory) -> None:
-    with DroppingServer() as dropping:
+    with RawServer() as dropping:  # reads each request, closes without answering
         proxy = make_proxy(upstream_url=dropping.url)
 
         answer = proxy.client.post("/v1/runs/ingest", json={"events": []})
