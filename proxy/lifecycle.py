@@ -77,6 +77,11 @@ IDENTITY = (b"accept-encoding", b"identity")
 # How often a waiter on another replica's fill looks at the store even without a notice: a
 # safety net for a lost pub/sub message, not the wake-up path.
 RECHECK_INTERVAL = 0.5
+# After a background refresh failed (Lunary down, 5xx, 429), the key's stale entry is served
+# without another refresh for this long: else every read during an outage sends one more
+# request to a failing upstream. Bounded in keys, as everything a client can grow.
+REFRESH_RETRY_AFTER = 2.0
+MAX_REFRESH_BACKOFFS = 10_000
 
 
 @dataclass(slots=True)
@@ -202,6 +207,7 @@ class CachedReads:
         self._lookups: dict[EntryKey, asyncio.Future[Lookup]] = {}
         self._tasks = tasks
         self._refreshes: SingleFlight[EntryKey, _Filled, None] = SingleFlight(tasks)
+        self._refresh_failed: dict[EntryKey, float] = {}  # key -> when a refresh may run again
 
     def forget_run(self, run_id: str) -> None:
         """After a write to `run_id`: fills and lookups already under way began before it, so
@@ -493,12 +499,36 @@ class CachedReads:
             return False
 
     def _refresh_in_background(self, fill: _Fill) -> None:
-        """One refresh per key: skipped when this process or another replica already runs one."""
+        """One refresh per key: skipped when this process or another replica already runs one,
+        and for REFRESH_RETRY_AFTER after one failed."""
         if self._refreshes.running(fill.key):
             return
+        retry_at = self._refresh_failed.get(fill.key)
+        if retry_at is not None:
+            if self._clock() < retry_at:
+                return
+            del self._refresh_failed[fill.key]
         task, _ = self._refreshes.join(fill.key, lambda: self._fill(fill, wait=False), None)
         self._metrics.background_refresh()
         task.add_done_callback(self._close_unread_body)
+        task.add_done_callback(lambda done: self._note_refresh(fill.key, done))
+
+    def _note_refresh(self, key: EntryKey, task: asyncio.Task[_Filled]) -> None:
+        if task.cancelled():
+            return
+        failure = task.exception()
+        if failure is None:
+            fetched = task.result().fetched
+            if fetched is None or (fetched.status < 500 and fetched.status != 429):
+                return
+        elif not isinstance(failure, UpstreamError | RateLimited):
+            return
+        if len(self._refresh_failed) >= MAX_REFRESH_BACKOFFS:
+            now = self._clock()
+            self._refresh_failed = {k: t for k, t in self._refresh_failed.items() if t > now}
+            if len(self._refresh_failed) >= MAX_REFRESH_BACKOFFS:
+                self._refresh_failed.clear()
+        self._refresh_failed[key] = self._clock() + REFRESH_RETRY_AFTER
 
     async def _shielded_for_leader(self, task: asyncio.Task[_Filled]) -> _Filled:
         """Await our own fill; if our client goes away, the fill still completes and is stored."""

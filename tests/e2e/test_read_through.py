@@ -7,6 +7,7 @@ import time
 import orjson
 import pytest
 
+from proxy.lifecycle import REFRESH_RETRY_AFTER
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
 from tests.servers import ServerThread
@@ -397,6 +398,33 @@ def test_stale_entry_survives_a_failing_background_refresh(
     assert stale.content == still_stale.content == fresh.content
     assert int(stale.headers["age"]) >= 0
     assert fake.count(run) >= 2
+
+
+def test_a_failed_refresh_is_not_retried_by_every_read_during_an_outage(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy(cache_ttl=0.2, stale_ttl=30)
+    key, run = fake.add_key(), fake.add_run()
+    proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+    time.sleep(0.3)
+    fake.fail_status = 503
+
+    answers = []
+    for _ in range(6):  # a read every 0.15 s: each would find the last refresh done
+        answers.append(proxy.get(f"/v1/runs/{run}", headers=bearer(key)))
+        time.sleep(0.15)
+    during = fake.count(run)
+    time.sleep(max(0.0, REFRESH_RETRY_AFTER - 6 * 0.15 + 0.2))
+    fake.fail_status = None
+    proxy.get(f"/v1/runs/{run}", headers=bearer(key))  # stale still; refreshes, and succeeds
+    deadline = time.monotonic() + 3
+    while proxy.get(f"/v1/runs/{run}", headers=bearer(key)).headers["x-cache"] != "HIT":
+        assert time.monotonic() < deadline, "the refresh never ran again"
+        time.sleep(0.05)
+
+    assert [a.headers["x-cache"] for a in answers] == ["STALE"] * 6
+    assert during == 2  # the fill, then one failed refresh: not one per read
+    assert fake.count(run) == 3
 
 
 @pytest.mark.parametrize("failure", ["connect", "timeout", "500"])
