@@ -72,10 +72,15 @@ class Service:
 def service(
     name: str, command: Sequence[str], port: int, env: dict[str, str] | None = None
 ) -> Iterator[Service]:
-    """Start `command`, wait until it answers HTTP on `port`, and stop it by its PID after."""
+    """Start `command`, wait until it answers HTTP on `port`, and stop it by its PID after.
+
+    It gets this environment without any PROXY_* setting of the shell's, plus `env`: a
+    benchmark's proxies are configured by the benchmark alone.
+    """
     log = tempfile.NamedTemporaryFile(prefix=f"lcp-bench-{name}-", suffix=".log", delete=False)  # noqa: SIM115
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
     process = subprocess.Popen(
-        command, env={**os.environ, **(env or {})}, stdout=log, stderr=log, cwd=ROOT
+        command, env={**clean, **(env or {})}, stdout=log, stderr=log, cwd=ROOT
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -128,19 +133,26 @@ SCOPE_SECRET = "benchmark-scope-secret-0123456789abcdef"
 
 
 def shared_proxy(
-    port: int, origin_url: str, redis_url: str, **settings: str
+    port: int, origin_url: str, redis_url: str, *, module: str = "proxy", **settings: str
 ) -> contextlib.AbstractContextManager[Service]:
-    """The proxy in front of `origin_url`, caching in the Redis at `redis_url`."""
+    """The proxy in front of `origin_url`, caching in the Redis at `redis_url`; `module` is
+    what `python -m` runs (benchmarks/stock_server.py serves the same app another way)."""
     return proxy_service(
-        port, upstream_url=origin_url, redis_url=redis_url, scope_secret=SCOPE_SECRET, **settings
+        port,
+        module=module,
+        upstream_url=origin_url,
+        redis_url=redis_url,
+        scope_secret=SCOPE_SECRET,
+        **settings,
     )
 
 
-def proxy_service(port: int, **settings: str) -> contextlib.AbstractContextManager[Service]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
-    env.update({"PROXY_HOST": "127.0.0.1", "PROXY_PORT": str(port)})
+def proxy_service(
+    port: int, *, module: str = "proxy", **settings: str
+) -> contextlib.AbstractContextManager[Service]:
+    env = {"PROXY_HOST": "127.0.0.1", "PROXY_PORT": str(port)}
     env.update({f"PROXY_{name.upper()}": value for name, value in settings.items()})
-    return service("proxy", [sys.executable, "-m", "proxy"], port, env)
+    return service(module.rsplit(".", 1)[-1], [sys.executable, "-m", module], port, env)
 
 
 NGINX_CONF = """
@@ -238,6 +250,15 @@ def wrk(url: str, lua: str, *, connections: int, seconds: float, threads: int = 
         p50_ms=report["p50_us"] / 1000,
         p99_ms=report["p99_us"] / 1000,
     )
+
+
+def measured_wrk(
+    url: str, lua: str, pids: Sequence[int], *, connections: int, seconds: float
+) -> tuple[WrkResult, list[float]]:
+    """wrk against `url`, and the CPU seconds each of `pids` spent meanwhile."""
+    before = [cpu_seconds(pid) for pid in pids]
+    result = wrk(url, lua, connections=connections, seconds=seconds)
+    return result, [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
 
 
 def lua_string(text: str) -> str:

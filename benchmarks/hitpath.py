@@ -21,9 +21,9 @@ from benchmarks.harness import (
     Service,
     WrkResult,
     children,
-    cpu_seconds,
     cycling_requests,
     free_ports,
+    measured_wrk,
     median,
     nginx,
     origin_service,
@@ -43,14 +43,14 @@ def hit_targets(runs: int, credentials: int) -> list[tuple[str, dict[str, str]]]
     return [(f"/v1/runs/{run}", {"Authorization": key}) for run in run_ids for key in keys]
 
 
-def warm(url: str, targets: list[tuple[str, dict[str, str]]], hit_header: str) -> None:
+def warm(url: str, targets: list[tuple[str, dict[str, str]]]) -> None:
     """Read every target twice; the second pass must be all hits."""
     with httpx.Client(base_url=url, timeout=10) as client:
         for path, headers in targets:
             client.get(path, headers=headers).raise_for_status()
         for path, headers in targets:
             answer = client.get(path, headers=headers)
-            if answer.headers.get(hit_header) != "HIT":
+            if answer.headers.get("x-cache") != "HIT":
                 raise RuntimeError(f"{url}{path} is not a hit after warming: {answer.headers}")
 
 
@@ -97,8 +97,8 @@ def main() -> None:
             ) as floor,
             nginx(nginx_port, origin_port, fresh="1h") as cache,
         ):
-            warm(proxy.url, targets, "x-cache")
-            warm(cache.url, targets, "x-cache")
+            warm(proxy.url, targets)
+            warm(cache.url, targets)
             services = {"proxy": proxy, "floor": floor, "nginx": cache}
             systems = {name: service.url for name, service in services.items()}
             for url in systems.values():  # one short unmeasured run each: JIT-free, but warm
@@ -111,12 +111,11 @@ def main() -> None:
                 for connections in args.connections:
                     turn = names[round_number % 3 :] + names[: round_number % 3]
                     for name in turn:
-                        pids = server_pids(services[name])
-                        before = sum(cpu_seconds(pid) for pid in pids)
-                        result = wrk(
-                            systems[name], lua, connections=connections, seconds=args.seconds
-                        )
-                        used = sum(cpu_seconds(pid) for pid in pids) - before
+                        result, spent = measured_wrk(
+                            systems[name], lua, server_pids(services[name]),
+                            connections=connections, seconds=args.seconds,
+                        )  # fmt: skip
+                        used = sum(spent)
                         results[name, connections].append(result)
                         cpu[name, connections].append(used / max(result.requests, 1) * 1e6)
                         print(

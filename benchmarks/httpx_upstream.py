@@ -21,6 +21,7 @@ from proxy.ports import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from proxy.upstream import RESPONSE_DROP  # both clients relay the same headers
 
 
 class HttpxUpstream:
@@ -118,7 +119,6 @@ class HttpxUpstream:
 
 
 # uvicorn writes its own Date and the proxy its own X-Request-ID: relaying would send two
-RESPONSE_DROP = frozenset({b"date", b"x-request-id"})
 
 
 def _response_headers(response: httpx.Response) -> list[Header]:

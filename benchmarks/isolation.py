@@ -54,6 +54,7 @@ from benchmarks.harness import (
 )
 from benchmarks.origin import RUN_NOT_FOUND, marker, run_body
 from benchmarks.rawhttp import Answer
+from proxy.metrics import CACHE_RESULTS
 from proxy.policy import make_etag
 from tests.servers import RedisServer
 
@@ -516,11 +517,10 @@ def proxy_report(proxies: Sequence[Service]) -> tuple[list[str], dict[str, float
     def by(name: str, label: str, values: Sequence[str], **labels: str) -> str:
         return ", ".join(f"{v} {total(name, **{label: v}, **labels):.0f}" for v in values)
 
-    caches = ("hit", "negative_hit", "miss", "stale", "bypass")
     outcomes = ("joined", "replica", "timeout", "refetch")
     per_proxy = [f"{metric_total(s, 'lunary_proxy_requests_total'):.0f}" for s in samples]
     lines = [
-        f"proxy requests        {by('lunary_proxy_requests_total', 'cache', caches)} "
+        f"proxy requests        {by('lunary_proxy_requests_total', 'cache', CACHE_RESULTS)} "
         f"(per process: {', '.join(per_proxy)})",
         f"coalesced waits       {by('lunary_proxy_coalesced_waits_total', 'outcome', outcomes)}",
         f"background refreshes  {total('lunary_proxy_background_refreshes_total'):.0f}",

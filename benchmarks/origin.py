@@ -44,7 +44,6 @@ NO_CREDENTIAL = b'{"message":"Not Found"}'
 INVALID_KEY = b'{"message":"Invalid API key"}'
 PUBLIC_KEY = b'{"message":"This route requires a private API key"}'
 UNAVAILABLE = b'{"message":"Service Unavailable"}'
-WRITE_METHODS = frozenset({b"PATCH", b"PUT", b"POST", b"DELETE"})
 # Model output is prose, which deflates about 2-3x; a body padded with one repeated byte would
 # deflate 100x and flatter any compression. Texts are made once, then picked by run id.
 VOCABULARY = (

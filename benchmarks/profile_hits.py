@@ -75,7 +75,7 @@ def main() -> None:
             shared_proxy(proxy_port, origin.url, redis.url, cache_ttl="3600") as proxy,
         ):
             if not args.misses:
-                warm(proxy.url, targets, "x-cache")
+                warm(proxy.url, targets)
             lua = (
                 distinct_runs(random.getrandbits(32)) if args.misses else cycling_requests(targets)
             )

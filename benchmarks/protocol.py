@@ -8,20 +8,16 @@ protocol, side by side on one Redis, the two taken in turns each round.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections import defaultdict
 
 from benchmarks.harness import (
-    SCOPE_SECRET,
     WrkResult,
-    cpu_seconds,
     cycling_requests,
     free_ports,
+    measured_wrk,
     median,
     origin_service,
     require,
-    service,
     shared_proxy,
     wrk,
 )
@@ -40,51 +36,39 @@ def main() -> None:
     targets = hit_targets(100, 4)
     lua = cycling_requests(targets)
     origin_port, guarded_port, stock_port = free_ports(3)
-    redis = RedisServer()
-    redis.start()
     settings = {"cache_ttl": "3600"}  # every measured answer a fresh hit
-    stock_env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
-    try:
-        with origin_service(origin_port) as origin:
-            stock_env.update(
-                PROXY_HOST="127.0.0.1", PROXY_PORT=str(stock_port), PROXY_CACHE_TTL="3600",
-                PROXY_UPSTREAM_URL=origin.url, PROXY_REDIS_URL=redis.url,
-                PROXY_SCOPE_SECRET=SCOPE_SECRET,
-            )  # fmt: skip
-            command = [sys.executable, "-m", "benchmarks.stock_server"]
-            with (
-                shared_proxy(guarded_port, origin.url, redis.url, **settings) as guarded,
-                service("stock", command, stock_port, stock_env) as stock,
-            ):
-                services = {"guarded": guarded, "stock": stock}
-                for system in services.values():
-                    warm(system.url, targets, "x-cache")
-                    wrk(system.url, lua, connections=8, seconds=2)  # warm, unmeasured
-                results: dict[tuple[str, int], list[WrkResult]] = defaultdict(list)
-                cpu: dict[tuple[str, int], list[float]] = defaultdict(list)
-                names = list(services)
-                for round_number in range(args.rounds):
-                    for connections in args.connections:
-                        turn = names[round_number % 2 :] + names[: round_number % 2]
-                        for name in turn:
-                            pid = services[name].pid
-                            before = cpu_seconds(pid)
-                            result = wrk(
-                                services[name].url, lua, connections=connections,
-                                seconds=args.seconds,
-                            )  # fmt: skip
-                            used = cpu_seconds(pid) - before
-                            results[name, connections].append(result)
-                            cpu[name, connections].append(used / max(result.requests, 1) * 1e6)
-                            print(
-                                f"round {round_number + 1} {name:>7} c={connections:<3} "
-                                f"{result.rate:>7.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
-                                f"errors {result.errors}  CPU {cpu[name, connections][-1]:.0f} "
-                                "us/request",
-                                flush=True,
-                            )
-    finally:
-        redis.close()
+    results: dict[tuple[str, int], list[WrkResult]] = defaultdict(list)
+    cpu: dict[tuple[str, int], list[float]] = defaultdict(list)
+    with (
+        RedisServer() as redis,
+        origin_service(origin_port) as origin,
+        shared_proxy(guarded_port, origin.url, redis.url, **settings) as guarded,
+        shared_proxy(
+            stock_port, origin.url, redis.url, module="benchmarks.stock_server", **settings
+        ) as stock,
+    ):
+        services = {"guarded": guarded, "stock": stock}
+        for system in services.values():
+            warm(system.url, targets)
+            wrk(system.url, lua, connections=8, seconds=2)  # warm, unmeasured
+        names = list(services)
+        for round_number in range(args.rounds):
+            for connections in args.connections:
+                turn = names[round_number % 2 :] + names[: round_number % 2]
+                for name in turn:
+                    result, used = measured_wrk(
+                        services[name].url, lua, [services[name].pid],
+                        connections=connections, seconds=args.seconds,
+                    )  # fmt: skip
+                    results[name, connections].append(result)
+                    cpu[name, connections].append(sum(used) / max(result.requests, 1) * 1e6)
+                    print(
+                        f"round {round_number + 1} {name:>7} c={connections:<3} "
+                        f"{result.rate:>7.0f} req/s  p99 {result.p99_ms:6.2f} ms  "
+                        f"errors {result.errors}  CPU {cpu[name, connections][-1]:.0f} "
+                        "us/request",
+                        flush=True,
+                    )
 
     print(f"\nmedians over {args.rounds} rounds (wrk, loopback, 1 worker each)")
     for connections in args.connections:

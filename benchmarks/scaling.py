@@ -15,9 +15,9 @@ from collections import defaultdict
 
 from benchmarks.harness import (
     children,
-    cpu_seconds,
     cycling_requests,
     free_ports,
+    measured_wrk,
     median,
     origin_service,
     require,
@@ -39,39 +39,33 @@ def main() -> None:
     targets = hit_targets(100, 4)
     lua = cycling_requests(targets)
     origin_port, one_port, two_port = free_ports(3)
-    redis = RedisServer()
-    redis.start()
     rates: dict[int, list[float]] = defaultdict(list)
-    try:
-        with (
-            origin_service(origin_port) as origin,
-            shared_proxy(one_port, origin.url, redis.url, workers="1") as one,
-            shared_proxy(two_port, origin.url, redis.url, workers="2") as two,
-        ):
-            warm(one.url, targets, "x-cache")  # both share the Redis entries
-            proxies = {1: one, 2: two}
-            for service in proxies.values():
-                wrk(service.url, lua, connections=8, seconds=2)
-            for round_number in range(args.rounds):
-                order = [1, 2] if round_number % 2 == 0 else [2, 1]
-                for workers in order:
-                    service = proxies[workers]
-                    pids = children(service.pid) if workers > 1 else [service.pid]
-                    before = [cpu_seconds(pid) for pid in pids]
-                    result = wrk(
-                        service.url, lua, connections=args.connections, seconds=args.seconds
-                    )
-                    used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
-                    shares = " / ".join(f"{u / max(sum(used), 1e-9):.0%}" for u in used)
-                    rates[workers].append(result.rate)
-                    print(
-                        f"round {round_number + 1} workers={workers} {result.rate:>8.0f} req/s  "
-                        f"p99 {result.p99_ms:6.2f} ms  errors {result.errors}  "
-                        f"CPU split {shares}  CPU {sum(used):.1f} s",
-                        flush=True,
-                    )
-    finally:
-        redis.close()
+    with (
+        RedisServer() as redis,
+        origin_service(origin_port) as origin,
+        shared_proxy(one_port, origin.url, redis.url, workers="1") as one,
+        shared_proxy(two_port, origin.url, redis.url, workers="2") as two,
+    ):
+        warm(one.url, targets)  # both share the Redis entries
+        proxies = {1: one, 2: two}
+        for service in proxies.values():
+            wrk(service.url, lua, connections=8, seconds=2)
+        for round_number in range(args.rounds):
+            order = [1, 2] if round_number % 2 == 0 else [2, 1]
+            for workers in order:
+                service = proxies[workers]
+                pids = children(service.pid) if workers > 1 else [service.pid]
+                result, used = measured_wrk(
+                    service.url, lua, pids, connections=args.connections, seconds=args.seconds
+                )
+                shares = " / ".join(f"{u / max(sum(used), 1e-9):.0%}" for u in used)
+                rates[workers].append(result.rate)
+                print(
+                    f"round {round_number + 1} workers={workers} {result.rate:>8.0f} req/s  "
+                    f"p99 {result.p99_ms:6.2f} ms  errors {result.errors}  "
+                    f"CPU split {shares}  CPU {sum(used):.1f} s",
+                    flush=True,
+                )
     one_rate, two_rate = median(rates[1]), median(rates[2])
     print(
         f"\nmedian req/s: 1 worker {one_rate:.0f}, 2 workers {two_rate:.0f}, "

@@ -176,6 +176,13 @@ class RedisServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def client(self) -> redis.Redis:
         if self.tls is not None:
             return redis.Redis(
