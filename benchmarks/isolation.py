@@ -33,7 +33,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -571,6 +571,54 @@ async def load(
     return tally, time.monotonic() - started
 
 
+# what both marker-mode benchmarks give their proxies besides the TTLs
+PROXY_SETTINGS = {"admin_token": ADMIN_TOKEN, "upstream_timeout": "5", "log_level": "warning"}
+
+
+@dataclass
+class MarkerSystem:
+    """A Redis, the origin in marker mode (serving `world`) and proxies sharing them."""
+
+    redis: RedisServer
+    origin: Service
+    proxies: list[Service]
+
+
+@contextlib.contextmanager
+def marker_system(
+    world: World,
+    proxies: int,
+    *,
+    latency: float,
+    body_bytes: int,
+    read_latency: float = 0.0,
+    **ttls: str,
+) -> Iterator[MarkerSystem]:
+    """Start them all on free loopback ports; stop them (by PID) in reverse order after."""
+    ports = free_ports(1 + proxies)
+    with (
+        RedisServer() as redis,
+        tempfile.TemporaryDirectory(prefix="lcp-marker-") as directory,
+        contextlib.ExitStack() as stack,
+    ):
+        world_file = Path(directory, "world.json")
+        world.write_origin_file(world_file)
+        origin = stack.enter_context(
+            origin_service(
+                ports[0],
+                latency=latency,
+                body_bytes=body_bytes,
+                world=str(world_file),
+                read_latency=read_latency,
+            )
+        )
+        started = [
+            stack.enter_context(shared_proxy(port, origin.url, redis.url, **ttls, **PROXY_SETTINGS))
+            for port in ports[1:]
+        ]
+        yield MarkerSystem(redis, origin, started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000)
@@ -590,45 +638,25 @@ def main() -> None:
 
     rng = random.Random(args.seed)
     world = make_world(rng)
-    ports = free_ports(1 + args.proxies)
     ttls = {"cache_ttl": "1", "stale_ttl": "30", "negative_ttl": "1"}
-    settings = {
-        **ttls,
-        "admin_token": ADMIN_TOKEN,
-        "upstream_timeout": "5",
-        "log_level": "warning",
-    }
     print(f"isolation: {args.proxies} proxies, {world.describe()}, concurrency "
           f"{args.concurrency}, origin latency {args.latency * 1000:.0f} ms (+"
           f"{args.read_latency * 1000:.0f} ms on reads), fresh "
           f"{ttls['cache_ttl']} s, stale {ttls['stale_ttl']} s, negative {ttls['negative_ttl']} s, "
           f"seed {args.seed}", flush=True)  # fmt: skip
-    redis = RedisServer()
-    redis.start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="lcp-isolation-") as directory:
-            world_file = Path(directory, "world.json")
-            world.write_origin_file(world_file)
-            with contextlib.ExitStack() as stack:
-                origin = stack.enter_context(
-                    origin_service(
-                        ports[0],
-                        latency=args.latency,
-                        body_bytes=args.body_bytes,
-                        world=str(world_file),
-                        read_latency=args.read_latency,
-                    )
-                )
-                proxies = [
-                    stack.enter_context(shared_proxy(port, origin.url, redis.url, **settings))
-                    for port in ports[1:]
-                ]
-                tally, elapsed = uvloop.run(load([p.url for p in proxies], world, args, rng))
-                metric_lines, totals = proxy_report(proxies)
-                problems = log_problems(proxies)
-                fills = len(httpx.get(origin.url + "/__fills", timeout=30).json())
-    finally:
-        redis.close()
+    with marker_system(
+        world,
+        args.proxies,
+        latency=args.latency,
+        body_bytes=args.body_bytes,
+        read_latency=args.read_latency,
+        **ttls,
+    ) as system:
+        proxies = system.proxies
+        tally, elapsed = uvloop.run(load([p.url for p in proxies], world, args, rng))
+        metric_lines, totals = proxy_report(proxies)
+        problems = log_problems(proxies)
+        fills = len(httpx.get(system.origin.url + "/__fills", timeout=30).json())
 
     print(f"requests              {tally.requests} ({counts(tally.by_kind)})")
     print(f"checked responses     {tally.checked}")

@@ -22,22 +22,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import orjson
 import uvloop
 
-from benchmarks.harness import free_ports, origin_service, require, rss_kib, shared_proxy
+from benchmarks.harness import require, rss_kib
 from benchmarks.isolation import (
-    ADMIN_TOKEN,
     Checker,
     Credential,
     Driver,
@@ -50,6 +46,7 @@ from benchmarks.isolation import (
     counts,
     log_problems,
     make_world,
+    marker_system,
     proxy_report,
 )
 from benchmarks.rawhttp import Answer
@@ -341,56 +338,36 @@ def main() -> None:
     require("redis-server")
 
     world = make_world(random.Random(args.seed))
-    ports = free_ports(1 + args.proxies)
-    settings = {
-        "cache_ttl": str(args.cache_ttl),
-        "stale_ttl": str(args.stale_ttl),
-        "negative_ttl": str(args.cache_ttl),
-        "admin_token": ADMIN_TOKEN,
-        "upstream_timeout": "5",
-        "log_level": "warning",
-    }
     print(f"soak: {args.seconds} s, {args.proxies} proxies, {args.rate:g} requests/s from "
           f"{args.concurrency} clients, {world.describe()}; fresh {args.cache_ttl} s, stale "
           f"{args.stale_ttl} s, 404s {args.cache_ttl} s; origin latency "
           f"{args.latency * 1000:.0f} ms; Redis killed every {args.redis_every} s (down "
           f"{args.redis_down:g} s), upstream 503 for {args.fail_for:g} s every "
           f"{args.fail_every} s from t={args.fail_every // 2} s", flush=True)  # fmt: skip
-    redis = RedisServer()
-    redis.start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="lcp-soak-") as directory:
-            world_file = Path(directory, "world.json")
-            world.write_origin_file(world_file)
-            with contextlib.ExitStack() as stack:
-                origin = stack.enter_context(
-                    origin_service(
-                        ports[0],
-                        latency=args.latency,
-                        body_bytes=args.body_bytes,
-                        world=str(world_file),
-                    )
-                )
-                proxies = [
-                    stack.enter_context(shared_proxy(port, origin.url, redis.url, **settings))
-                    for port in ports[1:]
-                ]
-                tally, timeline, memory, elapsed = uvloop.run(
-                    soak(
-                        [p.url for p in proxies],
-                        [p.pid for p in proxies],
-                        redis,
-                        origin.url,
-                        world,
-                        args,
-                    )
-                )
-                metric_lines, _ = proxy_report(proxies)
-                problems = log_problems(proxies)
-                fills = httpx.get(origin.url + "/__fills", timeout=60).json()
-                alive = [p.process.poll() is None for p in proxies]
-    finally:
-        redis.close()
+    with marker_system(
+        world,
+        args.proxies,
+        latency=args.latency,
+        body_bytes=args.body_bytes,
+        cache_ttl=str(args.cache_ttl),
+        stale_ttl=str(args.stale_ttl),
+        negative_ttl=str(args.cache_ttl),
+    ) as system:
+        proxies = system.proxies
+        tally, timeline, memory, elapsed = uvloop.run(
+            soak(
+                [p.url for p in proxies],
+                [p.pid for p in proxies],
+                system.redis,
+                system.origin.url,
+                world,
+                args,
+            )
+        )
+        metric_lines, _ = proxy_report(proxies)
+        problems = log_problems(proxies)
+        fills = httpx.get(system.origin.url + "/__fills", timeout=60).json()
+        alive = [p.process.poll() is None for p in proxies]
 
     print(f"requests              {tally.requests} in {elapsed:.0f} s "
           f"({tally.requests / elapsed:.0f}/s; {counts(tally.by_kind)})")  # fmt: skip
