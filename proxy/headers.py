@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from email.utils import parsedate_to_datetime
 
 from proxy.model import ClientDirectives
@@ -29,7 +29,7 @@ def first_value(headers: Iterable[Header], name: bytes) -> bytes | None:
     return next((value for field, value in headers if field == name), None)
 
 
-def not_utf8(headers: Iterable[Header]) -> bytes | None:
+def not_utf8(headers: Sequence[Header]) -> bytes | None:
     """The name of the first header to forward whose value is not UTF-8, or None.
 
     The upstream client writes header values as UTF-8 text: other bytes cannot be forwarded
@@ -37,13 +37,16 @@ def not_utf8(headers: Iterable[Header]) -> bytes | None:
     derived from), so such a request is refused instead. Hop-by-hop headers are never
     forwarded, so their bytes do not matter.
     """
+    never_forwarded: frozenset[bytes] | None = None
     for name, value in headers:
         if value.isascii():
             continue
         try:
             value.decode("utf-8")
         except UnicodeDecodeError:
-            if name not in HOP_BY_HOP and name not in _connection_named(headers):
+            if never_forwarded is None:
+                never_forwarded = HOP_BY_HOP | _connection_named(headers)
+            if name not in never_forwarded:
                 return name
     return None
 

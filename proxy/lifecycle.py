@@ -41,12 +41,12 @@ from proxy.paths import normalise_query
 from proxy.policy import Lifetimes, cache_status, entry_key, judge, make_etag, storage_decision
 from proxy.ports import (
     FetchedResponse,
-    Store,
     StoreError,
     StoreRefused,
     Upstream,
     UpstreamError,
     UpstreamRequest,
+    WatchedStore,
 )
 from proxy.ratelimit import Cooldowns, RateLimited
 from proxy.replies import Reply
@@ -185,7 +185,7 @@ class CachedReads:
 
     def __init__(
         self,
-        store: Store,
+        store: WatchedStore,
         upstream: Upstream,
         hasher: ScopeHasher,
         lifetimes: Lifetimes,
@@ -505,7 +505,7 @@ class CachedReads:
             return
         retry_at = self._refresh_failed.get(fill.key)
         if retry_at is not None:
-            if self._clock() < retry_at:
+            if fill.now < retry_at:
                 return
             del self._refresh_failed[fill.key]
         task, _ = self._refreshes.join(fill.key, lambda: self._fill(fill, wait=False), None)
@@ -518,17 +518,16 @@ class CachedReads:
             return
         failure = task.exception()
         if failure is None:
-            fetched = task.result().fetched
-            if fetched is None or (fetched.status < 500 and fetched.status != 429):
+            if not _upstream_failed(task.result()):
                 return
         elif not isinstance(failure, UpstreamError | RateLimited):
             return
+        now = self._clock()
         if len(self._refresh_failed) >= MAX_REFRESH_BACKOFFS:
-            now = self._clock()
             self._refresh_failed = {k: t for k, t in self._refresh_failed.items() if t > now}
             if len(self._refresh_failed) >= MAX_REFRESH_BACKOFFS:
                 self._refresh_failed.clear()
-        self._refresh_failed[key] = self._clock() + REFRESH_RETRY_AFTER
+        self._refresh_failed[key] = now + REFRESH_RETRY_AFTER
 
     async def _shielded_for_leader(self, task: asyncio.Task[_Filled]) -> _Filled:
         """Await our own fill; if our client goes away, the fill still completes and is stored."""

@@ -33,12 +33,6 @@ class StoreUnavailable(StoreError):
 class Store(Protocol):
     """Where entries live. Every method is bounded in time or raises StoreError."""
 
-    @property
-    def writes_refused(self) -> bool:
-        """True for a while after the store refused a write (StoreRefused): what it holds is
-        still served, but nothing new can be stored."""
-        ...
-
     async def lookup(self, key: EntryKey) -> Lookup:
         """The current entry under `key` (None when absent, expired, corrupt or invalidated)."""
         ...
@@ -86,6 +80,16 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+        ...
+
+
+class WatchedStore(Store, Protocol):
+    """A Store behind the breaker (store/guard.py), which also knows how the store is doing."""
+
+    @property
+    def writes_refused(self) -> bool:
+        """True for a while after the store refused a write (StoreRefused): what it holds is
+        still served, but nothing new can be stored."""
         ...
 
 

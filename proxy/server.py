@@ -159,10 +159,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._refusal = UPGRADE_WITH_BODY
             raise RefusedRequest
         self._reading_body = not upgrade
-        if upgrade:
-            self._disarm_read()
-        else:
-            self._arm_read(self._body_timeout)
+        # no timer yet for a body: data_received arms it once this read is parsed, if the body
+        # is still incomplete by then (most requests complete within the read: no timer at all)
+        self._disarm_read()
         super().on_headers_complete()
         if upgrade and self.cycle is not None:
             # answered as plain HTTP/1.1, then closed: nothing after it is parsed as a request

@@ -121,16 +121,12 @@ class GuardedStore:
         started = time.perf_counter()
         try:
             result = await call
-        except ForeignValue:
-            self._metrics.store_error(operation)  # one key's trouble: the store is fine
-            raise
-        except StoreRefused as exc:
-            self._metrics.store_error(operation)  # counted; the store is up: stay closed
-            self._refuse_writes(exc)
-            raise
         except StoreError as exc:
             self._metrics.store_error(operation)
-            self._open_breaker(exc)
+            if isinstance(exc, StoreRefused):  # the store is up: the breaker stays closed
+                self._refuse_writes(exc)
+            elif not isinstance(exc, ForeignValue):  # (that is one key's trouble)
+                self._open_breaker(exc)
             raise
         finally:
             self._metrics.store_latency(operation, time.perf_counter() - started)

@@ -112,10 +112,6 @@ class MemoryStore:
     async def start_cooldown(self, bucket: str, until: float, ttl: float) -> None:
         return None
 
-    @property
-    def writes_refused(self) -> bool:
-        return False  # the guard around the store keeps track
-
     async def ping(self) -> None:
         return None
 

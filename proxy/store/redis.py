@@ -121,7 +121,7 @@ class RedisStore:
     def _failed(self, operation: str, exc: BaseException) -> StoreError:
         if isinstance(exc, ReadOnlyError) and isinstance(self._client, Redis):
             self._reconnect(self._client)
-        return _failed(operation, exc)
+        return _store_error(operation, exc)
 
     def _reconnect(self, client: Redis) -> None:
         """READONLY on a plain URL: the node was demoted in a failover and the pooled
@@ -235,10 +235,6 @@ class RedisStore:
         except REDIS_FAILURES as exc:
             raise self._failed("cooldown write", exc) from exc
 
-    @property
-    def writes_refused(self) -> bool:
-        return False  # the guard around the store keeps track
-
     async def ping(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
@@ -247,10 +243,14 @@ class RedisStore:
             raise self._failed("ping", exc) from exc
 
     async def close(self) -> None:
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, *REDIS_FAILURES):
+                await self._reconnecting
         await close_client(self._client)
 
 
-def _failed(operation: str, exc: BaseException) -> StoreError:
+def _store_error(operation: str, exc: BaseException) -> StoreError:
     """StoreRefused when Redis is up but refuses writes: out of memory under `noeviction`, or
     unable to persist (MISCONF); ForeignValue for a value of another type under one of our keys
     (WRONGTYPE). Anything else (down, slow, CLUSTERDOWN, TRYAGAIN, BUSY, READONLY...) is a
