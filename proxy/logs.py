@@ -8,6 +8,7 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from typing import IO, Any
 
 import orjson
@@ -21,18 +22,46 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {
 }
 
 
+class UtcTimestamps:
+    """`2026-11-23T01:02:03.456Z` from a time.time() reading; formatting the date is the dear
+    part, so it is done once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._second_text = ""
+
+    def __call__(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{int((now - second) * 1000):03d}Z"
+
+
+def json_line(
+    timestamp: str, level: str, logger: str, message: str, fields: Iterable[tuple[str, Any]]
+) -> dict[str, Any]:
+    """The one layout of a JSON log line: time, level, logger, message, then the fields."""
+    line: dict[str, Any] = {"time": timestamp, "level": level, "logger": logger, "message": message}
+    line.update(fields)
+    return line
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, then the `extra` fields."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._timestamps = UtcTimestamps()
+
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        line.update(
-            (name, value) for name, value in record.__dict__.items() if name not in _STANDARD
+        extra = ((k, v) for k, v in record.__dict__.items() if k not in _STANDARD)
+        line = json_line(
+            self._timestamps(record.created),
+            record.levelname.lower(),
+            record.name,
+            record.getMessage(),
+            extra,
         )
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
@@ -74,18 +103,10 @@ class JsonLines:
         self._stream = stream
         self._pending = bytearray()
         self._flush_loop: asyncio.AbstractEventLoop | None = None
-        self._second = -1
-        self._second_text = ""
-        atexit.register(self.flush)
+        self._timestamps = UtcTimestamps()
 
     def write(self, logger: str, message: str, fields: dict[str, Any]) -> None:
-        line = {
-            "time": self._timestamp(time.time()),
-            "level": "info",
-            "logger": logger,
-            "message": message,
-            **fields,
-        }
+        line = json_line(self._timestamps(time.time()), "info", logger, message, fields.items())
         self._pending += orjson.dumps(line, default=str) + b"\n"
         if len(self._pending) >= FLUSH_AT:
             self.flush()
@@ -120,15 +141,14 @@ class JsonLines:
                 chunk = chunk[written:]
             self._stream.flush()
 
-    def _timestamp(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:  # formatting a date is the dear part: once a second
-            self._second = second
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._second_text}.{int((now - second) * 1000):03d}Z"
-
 
 _json_lines: JsonLines | None = None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _json_lines is not None:
+        _json_lines.flush()
 
 
 def info_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
@@ -137,7 +157,7 @@ def info_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> N
         try:
             _json_lines.write(logger.name, message, fields)
             return
-        except (TypeError, orjson.JSONEncodeError):  # e.g. a lone surrogate in a path
+        except TypeError:  # orjson's JSONEncodeError: e.g. a lone surrogate in a path
             pass
     logger.info(message, extra=fields)
 
@@ -160,7 +180,6 @@ def configure(level: str, fmt: str) -> None:
     _json_lines = None
     if fmt == "json":
         formatter: logging.Formatter = JsonFormatter()
-        formatter.converter = time.gmtime
         buffer = getattr(sys.stderr, "buffer", None)
         if buffer is not None:
             _json_lines = JsonLines(buffer)
