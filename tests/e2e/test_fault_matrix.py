@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import socket
 import struct
 import time
@@ -20,15 +19,9 @@ import httpx
 import pytest
 
 from tests.conftest import SCOPE_SECRET, ProxyFactory
+from tests.e2e.test_metrics import value
 from tests.fake_lunary import FakeLunary
 from tests.servers import ProxyProcess, RawServer, RedisServer, ServerThread
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    """One sample of the Prometheus text, 0 when absent."""
-    match = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
-    return float(match[1]) if match else 0.0
-
 
 # -- Lunary resets the connection half-way through a body ----------------------------------------
 
@@ -127,7 +120,7 @@ def test_a_corrupt_or_foreign_value_is_a_miss_and_is_replaced(
     assert again.content == first.content
     assert client.type(entry_key) == b"string"
     assert fake.count(run) == 2
-    corrupt = metric(metrics, "lunary_proxy_store_corrupt_entries_total")
+    corrupt = value(metrics, "lunary_proxy_store_corrupt_entries_total")
     assert corrupt == (1.0 if counted else 0.0)
 
 
@@ -170,12 +163,10 @@ def test_redis_out_of_memory_refuses_writes_and_still_serves_reads(
     assert expired.headers["x-cache"] == "MISS"  # fetched now, not STALE for the stale window
     assert fake.count(cached) == 2
     assert ready.status_code == 200
-    assert metric(metrics, "lunary_proxy_store_breaker_open") == 0.0
+    assert value(metrics, "lunary_proxy_store_breaker_open") == 0.0
     # the first refusal (taking the fill lock) pauses writes: the saves are not even tried
-    assert metric(metrics, "lunary_proxy_store_errors_total", '{operation="begin_fill"}') == 1
-    assert (
-        metric(metrics, "lunary_proxy_responses_not_stored_total", '{reason="store-refused"}') == 2
-    )
+    assert value(metrics, "lunary_proxy_store_errors_total", operation="begin_fill") == 1
+    assert value(metrics, "lunary_proxy_responses_not_stored_total", reason="store-refused") == 2
 
 
 # -- clients too slow to send or to read -------------------------------------------------------
@@ -245,9 +236,12 @@ async def test_slow_clients_are_cut_by_the_client_timeout_and_starve_nobody(
         served_within = time.monotonic() - started
 
         limit = 4 * CLIENT_TIMEOUT
-        silent_cut = [await closed_after(r, started, limit) for r, _ in silent]
-        slowloris_cut = [await closed_after(r, started, limit) for r, _ in slowloris]
-        uploads_cut = [await closed_after(r, started, limit) for r, _ in uploaders]
+        # all timed at once: timed one after another, the later ones' lower bounds would hold
+        # however early they were cut
+        cut = await asyncio.gather(
+            *(closed_after(r, started, limit) for r, _ in [*silent, *slowloris, *uploaders])
+        )
+        silent_cut, slowloris_cut, uploads_cut = cut[:10], cut[10:15], cut[15:]
         # the readers' buffers filled at once; a send timer found no progress after one
         # period (two, if the kernel's buffers grew meanwhile): only then do they read
         await asyncio.sleep(max(0.0, started + 2 * CLIENT_TIMEOUT + 1 - time.monotonic()))
@@ -274,3 +268,19 @@ async def test_slow_clients_are_cut_by_the_client_timeout_and_starve_nobody(
     # a reader that stops reading gets a part of its answer, then the connection is aborted
     assert all(0 < got < BIG_BODY for got in received), received
     assert still_serving == 200
+
+
+def test_an_upstream_slower_than_the_timeout_is_a_504_and_nothing_is_stored(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy(upstream_timeout=0.3)
+    key, run = fake.add_key(), fake.add_run()
+    fake.read_latency = 1.0
+    timed_out = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
+    fake.read_latency = 0.0
+    after = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
+
+    assert timed_out.status_code == 504
+    assert after.status_code == 200
+    assert after.headers["x-cache"] == "MISS"
+    assert fake.count(run) == 2

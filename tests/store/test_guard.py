@@ -124,6 +124,10 @@ async def test_a_refused_write_is_counted_reads_go_on_and_writes_pause(
     found = await guard.lookup(KEY)
     with pytest.raises(StoreRefused):
         await guard.save(KEY, entry)  # not even tried
+    now[0] = 4.9
+    with pytest.raises(StoreRefused):
+        await guard.save(KEY, entry)  # nor at the end of the 5 s pause
+    calls_in_pause = inner.calls
     refused_meanwhile = guard.writes_refused
     inner.refusing_writes = False
     now[0] = 5.5
@@ -132,6 +136,7 @@ async def test_a_refused_write_is_counted_reads_go_on_and_writes_pause(
     assert found == Lookup(None, 0)
     assert not guard.is_open
     assert refused_meanwhile
+    assert calls_in_pause == 2
     assert not guard.writes_refused
     assert inner.calls == 3
     errors = {"operation": "save"}

@@ -6,11 +6,24 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 
 from proxy.model import Entry, EntryKey
-from proxy.ports import StoreError
+from proxy.ports import ForeignValue, StoreError, StoreRefused
 from proxy.store.connection import connect
-from proxy.store.redis import RedisStore, entry_redis_key, generation_redis_key
+from proxy.store.redis import (
+    RedisStore,
+    _store_error,
+    entry_redis_key,
+    generation_redis_key,
+)
 from tests.servers import RedisServer, free_port
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
@@ -101,3 +114,23 @@ async def test_unreachable_cluster_raises_store_error() -> None:
         await store.lookup(KEY)
     with pytest.raises(StoreError):
         await store.ping()
+
+
+@pytest.mark.parametrize(
+    ("raised", "becomes"),
+    [
+        (OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'."), StoreRefused),
+        (ResponseError("MISCONF Redis is configured to save RDB snapshots"), StoreRefused),
+        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind"), ForeignValue),
+        (ReadOnlyError("You can't write against a read only replica."), StoreError),
+        (ClusterDownError("CLUSTERDOWN The cluster is down"), StoreError),
+        (TryAgainError("TRYAGAIN"), StoreError),
+        (ResponseError("BUSY Redis is busy running a script."), StoreError),
+        (ConnectionError("Connection refused"), StoreError),
+    ],
+)
+def test_error_replies_map_to_refused_foreign_or_down(
+    raised: Exception, becomes: type[StoreError]
+) -> None:
+    # only a store that is up but refuses writes keeps the breaker closed (store/guard.py)
+    assert type(_store_error("save", raised)) is becomes

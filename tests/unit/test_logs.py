@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 
@@ -66,3 +67,34 @@ def test_a_flush_writes_whole_lines_at_most_pipe_buf_bytes_at_a_time() -> None:
     assert all(len(write) <= logs.PIPE_BUF and write.endswith(b"\n") for write in stream.writes)
     records = [orjson.loads(line) for line in b"".join(stream.writes).splitlines()]
     assert [record["n"] for record in records] == list(range(200))
+
+
+async def test_in_the_event_loop_lines_wait_for_one_flush_every_interval() -> None:
+    stream = io.BytesIO()
+    lines = logs.JsonLines(stream)
+
+    lines.write("proxy.access", "request", {"status": 200})
+    lines.write("proxy.access", "request", {"status": 404})
+    held = stream.getvalue()
+    await asyncio.sleep(logs.FLUSH_EVERY * 1.5)
+
+    assert held == b""  # nothing written per request
+    statuses = [orjson.loads(line)["status"] for line in stream.getvalue().splitlines()]
+    assert statuses == [200, 404]
+
+
+def test_a_buffered_line_is_written_before_any_other_log_line() -> None:
+    stream = io.BytesIO()
+    lines = logs.JsonLines(stream)
+    lines._pending += b'{"message":"request"}\n'  # as written in the loop, not yet flushed
+    text = io.StringIO()
+    handler = logs._AfterAccessLines(text)
+    handler.setFormatter(logs.JsonFormatter())
+    saved, logs._json_lines = logs._json_lines, lines
+    try:
+        handler.emit(logging.makeLogRecord({"msg": "later", "levelname": "WARNING"}))
+    finally:
+        logs._json_lines = saved
+
+    assert stream.getvalue() == b'{"message":"request"}\n'
+    assert orjson.loads(text.getvalue())["message"] == "later"
