@@ -99,6 +99,10 @@ class RunningProxy:
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.client.get(path, **kwargs)
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
 
 ProxyFactory = Callable[..., RunningProxy]
 

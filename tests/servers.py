@@ -66,6 +66,29 @@ class ServerThread:
         self._sock.close()
 
 
+def raw_exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send bytes exactly as given to a loopback port (an HTTP client would normalise them),
+    then read until the server closes: b"" if it closed at once, what came before a reset."""
+    received: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        # refused before it read everything: what it answered is still there to read
+        with contextlib.suppress(OSError):
+            sock.sendall(request)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:  # closed with our bytes unread: a refusal
+                break
+            except TimeoutError:
+                raise AssertionError(f"no answer and no close in {timeout} s") from None
+            if not chunk:
+                break
+            received.append(chunk)
+            assert time.monotonic() < deadline, "the answer never ended"
+    return b"".join(received)
+
+
 def redis_binary() -> str:
     """redis-server from PATH (CI installs it); fail loudly rather than skip real-store tests."""
     path = shutil.which("redis-server")

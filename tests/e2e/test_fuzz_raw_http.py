@@ -11,10 +11,8 @@ too large) and a close, in the proxy's JSON error shape like every other refusal
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
@@ -29,7 +27,8 @@ from config import Settings
 from proxy.__main__ import server_options
 from proxy.app import create_app
 from proxy.asgi import Receive, Scope, Send
-from tests.servers import ServerThread
+from tests.servers import ServerThread, raw_exchange
+from tests.spec_paths import spec_accepts
 
 # Every credential the fuzzer sends carries this marker; no answer may ever hold it.
 MARKER = b"lcp-secret-"
@@ -120,25 +119,7 @@ def target() -> Iterator[Target]:
 
 
 def exchange(port: int, request: bytes) -> bytes:
-    """Send `request` as is, then read until the server closes (b"" if it closed at once)."""
-    received: list[bytes] = []
-    deadline = time.monotonic() + READ_TIMEOUT
-    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT) as sock:
-        # refused before it read everything: what it answered is still there to read
-        with contextlib.suppress(OSError):
-            sock.sendall(request)
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:  # closed with our bytes unread: a refusal
-                break
-            except TimeoutError:
-                raise AssertionError(f"no answer and no close in {READ_TIMEOUT} s") from None
-            if not chunk:
-                break
-            received.append(chunk)
-            assert time.monotonic() < deadline, "the answer never ended"
-    return b"".join(received)
+    return raw_exchange(port, request, READ_TIMEOUT)
 
 
 @dataclass
@@ -206,22 +187,6 @@ def _dechunked(data: bytes) -> bytes:
             return body
         assert data[size : size + 2] == b"\r\n", "a chunk cut short"
         body, data = body + data[:size], data[size + 2 :]
-
-
-def unsafe_path(raw_path: bytes) -> str | None:
-    """Why a path must never reach the upstream (SPEC section 11), or None."""
-    decoded = unquote_to_bytes(raw_path)
-    if any(byte < 0x20 or byte == 0x7F for byte in decoded):
-        return "a control character"
-    if decoded.count(b"/") != raw_path.count(b"/"):
-        return "an encoded slash"
-    if any(unquote_to_bytes(s) in (b".", b"..") for s in raw_path.split(b"/")):
-        return "a dot segment"
-    if b"\\" in decoded:  # a slash to WHATWG URL parsers (and some of Node's)
-        return "a backslash"
-    if not raw_path.startswith(b"/"):
-        return "no leading slash"
-    return None
 
 
 def is_own_surface(raw_path: bytes) -> bool:
@@ -509,8 +474,8 @@ def check(target: Target, request: RawRequest) -> Answer | None:
 
     # every request that reached the upstream since the last check, background refreshes too
     for recorded in target.upstream.requests[target.checked :]:
-        why = unsafe_path(recorded.raw_path)
-        assert why is None, f"forwarded a path with {why}: {recorded.raw_path!r}"
+        forwarded = recorded.raw_path
+        assert spec_accepts(forwarded), f"forwarded a path SPEC section 11 refuses: {forwarded!r}"
         assert not is_own_surface(recorded.raw_path), f"forwarded {recorded.raw_path!r}"
     target.checked = len(target.upstream.requests)
     return answer

@@ -10,16 +10,14 @@ import pytest
 
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
+from tests.servers import raw_exchange
 
 
 def raw_request(proxy: RunningProxy, request_line: bytes, extra: bytes = b"") -> tuple[int, bytes]:
     """Send bytes as the client wrote them (httpx would normalise the path)."""
-    host, port = proxy.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(request_line + b"\r\nHost: x\r\nConnection: close\r\n" + extra + b"\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = raw_exchange(
+        proxy.port, request_line + b"\r\nHost: x\r\nConnection: close\r\n" + extra + b"\r\n"
+    )
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ")[1]), body
 

@@ -4,8 +4,6 @@ are bounded as they arrive, an Upgrade never smuggles a request, a 100-continue 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 
 import httpx
 import orjson
@@ -14,16 +12,12 @@ import pytest
 from proxy.server import MAX_HEADER_BYTES
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
+from tests.servers import raw_exchange
 
 
 def exchange(proxy: RunningProxy, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send raw bytes, read the answer to EOF: status, headers and body."""
-    host, port = proxy.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+    answer = raw_exchange(proxy.port, request)
     head, _, body = answer.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines)
@@ -126,13 +120,7 @@ def test_a_pipelined_head_over_the_bound_is_never_served(
         b"v" * size
     )
 
-    host, port = proxy.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(first + second)
-        answer = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):
-                answer += chunk
+    answer = raw_exchange(proxy.port, first + second)
 
     # the first may be answered, or cut with the connection (its answer was still owed when
     # the second head passed the bound): the second is never served
@@ -148,11 +136,10 @@ async def test_a_client_waiting_for_100_continue_is_not_cut_while_the_proxy_wait
     proxy = make_proxy(client_timeout=1, upstream_max_connections=1, upstream_timeout=5)
     key, run = fake.add_key(), fake.add_run()
     fake.read_latency = 2.5
-    host, port = proxy.url.removeprefix("http://").split(":")
     async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
         fill = asyncio.create_task(client.get(f"/v1/runs/{run}", headers={"X-API-Key": key}))
         await asyncio.sleep(0.3)
-        reader, writer = await asyncio.open_connection(host, int(port))
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(
             b"POST /echo HTTP/1.1\r\nHost: p\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
         )

@@ -9,7 +9,7 @@ accepts, judged by a reference predicate written from the SPEC text, not from th
 from __future__ import annotations
 
 import uuid
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import quote
 
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -18,6 +18,7 @@ from proxy.model import CachedRoute, RouteKind
 from proxy.paths import check_path, match_cached_route
 from proxy.runs import canonical_run_id
 from proxy.scope import ANONYMOUS, ScopeHasher
+from tests.spec_paths import spec_accepts
 
 SECRET = b"property-scope-secret"
 hasher = ScopeHasher(SECRET)
@@ -223,28 +224,6 @@ def test_only_postgres_spellings_are_run_ids(text: str) -> None:
 
 
 # -- request paths ---------------------------------------------------------------------------
-
-
-def spec_accepts(raw_path: bytes) -> bool:
-    """SPEC section 11, read literally, over the raw request path as the client sent it.
-
-    Refused: a path not starting with '/'; a dot segment (`.` or `..`, in any `%2e`/`%2E`
-    spelling: a segment that is `.` or `..` once percent-decoded); an encoded slash (a `/` that
-    appears only after decoding); a NUL or other control character (C0 or DEL), raw or
-    percent-encoded. The path is decoded once only: `%252e` is `%2e` after it, not a dot.
-    Beyond the SPEC's letter: a backslash, raw or `%5C`, is refused too, since WHATWG URL
-    parsers (and some of Node's) read it as a slash, so `/a/..\\b` holds a dot segment for them.
-    """
-    if not raw_path.startswith(b"/"):
-        return False
-    decoded = unquote_to_bytes(raw_path)
-    if any(byte < 0x20 or byte == 0x7F for byte in decoded):
-        return False
-    if decoded.count(b"/") != raw_path.count(b"/"):
-        return False
-    if b"\\" in decoded:
-        return False
-    return not any(unquote_to_bytes(s) in (b".", b"..") for s in raw_path.split(b"/"))
 
 
 PATH_ATOMS = [
