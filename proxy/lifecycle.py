@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from proxy import errors, replies
 from proxy.coalesce import SingleFlight
+from proxy.deadlines import Deadlines
 from proxy.headers import (
     Header,
     client_directives,
@@ -207,7 +208,10 @@ class CachedReads:
         self._lookups: dict[EntryKey, asyncio.Future[Lookup]] = {}
         self._tasks = tasks
         self._refreshes: SingleFlight[EntryKey, _Filled, None] = SingleFlight(tasks)
-        self._refresh_failed: dict[EntryKey, float] = {}  # key -> when a refresh may run again
+        # key -> when a refresh may run again; a flood of failing keys is forgotten whole
+        self._refresh_failed: Deadlines[EntryKey] = Deadlines(
+            MAX_REFRESH_BACKOFFS, MAX_REFRESH_BACKOFFS
+        )
 
     def forget_run(self, run_id: str) -> None:
         """After a write to `run_id`: fills and lookups already under way began before it, so
@@ -503,11 +507,8 @@ class CachedReads:
         and for REFRESH_RETRY_AFTER after one failed."""
         if self._refreshes.running(fill.key):
             return
-        retry_at = self._refresh_failed.get(fill.key)
-        if retry_at is not None:
-            if fill.now < retry_at:
-                return
-            del self._refresh_failed[fill.key]
+        if fill.now < self._refresh_failed.until(fill.key):
+            return
         task, _ = self._refreshes.join(fill.key, lambda: self._fill(fill, wait=False), None)
         self._metrics.background_refresh()
         task.add_done_callback(self._close_unread_body)
@@ -523,11 +524,7 @@ class CachedReads:
         elif not isinstance(failure, UpstreamError | RateLimited):
             return
         now = self._clock()
-        if len(self._refresh_failed) >= MAX_REFRESH_BACKOFFS:
-            self._refresh_failed = {k: t for k, t in self._refresh_failed.items() if t > now}
-            if len(self._refresh_failed) >= MAX_REFRESH_BACKOFFS:
-                self._refresh_failed.clear()
-        self._refresh_failed[key] = now + REFRESH_RETRY_AFTER
+        self._refresh_failed.set(key, now + REFRESH_RETRY_AFTER, now)
 
     async def _shielded_for_leader(self, task: asyncio.Task[_Filled]) -> _Filled:
         """Await our own fill; if our client goes away, the fill still completes and is stored."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
+from proxy.deadlines import Deadlines
 from proxy.headers import Header, first_value, retry_after_seconds
 from proxy.ports import Store, StoreError
 
@@ -31,28 +32,29 @@ class Cooldowns:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._local: dict[str, float] = {}
-        self._clear_until: dict[str, float] = {}  # bucket -> until when the store said "clear"
+        self._local: Deadlines[str] = Deadlines(MAX_LOCAL_BUCKETS)
+        # until when the store said "clear"; a flood of buckets is forgotten at half the bound
+        self._clear_until: Deadlines[str] = Deadlines(MAX_LOCAL_BUCKETS, MAX_LOCAL_BUCKETS // 2)
 
     async def remaining(self, bucket: str, now: float) -> float:
         """Seconds left in `bucket`'s cooldown; 0 when it may call the upstream."""
-        until = self._local.get(bucket, 0.0)
-        if until <= now and self._clear_until.get(bucket, 0.0) <= now:
+        until = self._local.until(bucket)
+        if until <= now and self._clear_until.until(bucket) <= now:
             try:
                 until = await self._store.cooldown_until(bucket)
             except StoreError:
                 until = 0.0  # the store is down: what this process learned itself still holds
             if until > now:
-                self._remember(bucket, until, now)
+                self._local.set(bucket, until, now)
             else:
-                self._remember_clear(bucket, now)
+                self._clear_until.set(bucket, now + CLEAR_FOR, now)
         return max(0.0, until - now)
 
     async def start(self, bucket: str, seconds: float, now: float) -> None:
         until = now + seconds
-        if until <= self._local.get(bucket, 0.0):
+        if until <= self._local.until(bucket):
             return
-        self._remember(bucket, until, now)
+        self._local.set(bucket, until, now)
         # if the store is down, the other replicas learn it from their own 429
         with contextlib.suppress(StoreError):
             await self._store.start_cooldown(bucket, until, seconds)
@@ -70,15 +72,3 @@ class Cooldowns:
         retry_after = first_value(headers, b"retry-after")
         await self.start(bucket, retry_after_seconds(retry_after, now), now)
         return True
-
-    def _remember_clear(self, bucket: str, now: float) -> None:
-        if len(self._clear_until) >= MAX_LOCAL_BUCKETS:
-            self._clear_until = {b: u for b, u in self._clear_until.items() if u > now}
-            if len(self._clear_until) >= MAX_LOCAL_BUCKETS // 2:  # a flood of buckets: forget
-                self._clear_until.clear()
-        self._clear_until[bucket] = now + CLEAR_FOR
-
-    def _remember(self, bucket: str, until: float, now: float) -> None:
-        if len(self._local) >= MAX_LOCAL_BUCKETS:
-            self._local = {b: u for b, u in self._local.items() if u > now}
-        self._local[bucket] = until
