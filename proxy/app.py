@@ -55,6 +55,9 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # bodies of Lunary events: their runIds (and parents) are dropped after a successful ingest
 INGEST_PATHS = frozenset({b"/v1/runs/ingest", b"/api/report", b"/v1/traces"})
 JSON = (b"content-type", errors.JSON_TYPE)
+# how long start-up waits for the store's first connection (and a Cluster's slot map): a store
+# that is down refuses at once; this bounds one that does not answer at all
+STORE_CONNECT_BUDGET = 5.0
 
 
 @dataclass(slots=True)
@@ -129,7 +132,7 @@ class ProxyApp:
         tasks = TaskSet()
         notices = self._open_notices()
         listener = None if notices is None else asyncio.create_task(notices.run())
-        store = GuardedStore(self._open_store(notices), self.metrics)
+        store = GuardedStore(await self._open_store(notices), self.metrics)
         upstream = AiohttpUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
         cooldowns = Cooldowns(store)
         lifetimes = Lifetimes(
@@ -199,14 +202,22 @@ class ProxyApp:
         listener = connect(s.redis_url, cluster=s.redis_cluster, timeout=None)
         return FillNotices(listener, FILLED_CHANNEL, INVALIDATED_CHANNEL)
 
-    def _open_store(self, notices: FillNotices | None) -> Store:
+    async def _open_store(self, notices: FillNotices | None) -> Store:
         s = self.settings
         if not s.redis_url:
             return MemoryStore(s.memory_max_entries)
         client = connect(s.redis_url, cluster=s.redis_cluster, timeout=s.redis_timeout)
-        return RedisStore(
+        store = RedisStore(
             client, s.redis_timeout, on_corrupt=self.metrics.corrupt_entry, notices=notices
         )
+        try:
+            await store.connect(STORE_CONNECT_BUDGET)
+        except StoreError as exc:  # not fatal: requests bypass it until it answers
+            log.warning(
+                "the store does not answer at start-up: serving from Lunary until it does",
+                extra={"store": self._store_description(), "error": str(exc)},
+            )
+        return store
 
     def _store_description(self) -> str:
         s = self.settings

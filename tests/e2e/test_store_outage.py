@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
+import pytest
 import redis
 
 from tests.conftest import ProxyFactory
@@ -72,13 +74,24 @@ def test_slow_redis_costs_at_most_the_store_timeout(
 
 
 def test_proxy_starts_while_redis_is_down(
-    make_proxy: ProxyFactory, fake: FakeLunary, redis_url: str, redis_server: RedisServer
+    make_proxy: ProxyFactory,
+    fake: FakeLunary,
+    redis_url: str,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     key, run = fake.add_key(), fake.add_run()
-    with redis_server.down():
+    with redis_server.down(), caplog.at_level(logging.WARNING, logger="proxy"):
+        started = time.monotonic()
         proxy = make_proxy(redis_url=redis_url)
+        start_up = time.monotonic() - started
         answer = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
         assert proxy.get("/readyz").status_code == 503
 
     assert answer.status_code == 200
     assert answer.headers["x-cache"] == "BYPASS"
+    assert start_up < NO_STALL  # a refused connection is not waited out
+    [warning] = [r for r in caplog.records if "at start-up" in r.getMessage()]
+    assert warning.getMessage().startswith("the store does not answer at start-up")
+    assert warning.__dict__["store"] == f"redis at {redis_url}"
+    assert warning.__dict__["error"] == "connect failed: ConnectionError"
