@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -23,6 +24,28 @@ from tests.servers import (
 )
 
 SCOPE_SECRET = "test-scope-secret"
+RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class WithExtras(logging.Formatter):
+    """Shows a record's `extra` fields after its line: the proxy logs what failed there (the
+    error, the store), and a failed CI run's captured log cannot say why without them."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self._inner.format(record)
+        extras = {k: v for k, v in vars(record).items() if k not in RECORD_FIELDS}
+        return f"{line} {extras}" if extras else line
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    capture = session.config.pluginmanager.get_plugin("logging-plugin")
+    if capture is not None:
+        for handler in (capture.caplog_handler, capture.report_handler):
+            handler.setFormatter(WithExtras(capture.formatter))
 
 
 @pytest.fixture(scope="session")
