@@ -236,24 +236,21 @@ class RedisStore:
             raise self._failed("cooldown write", exc) from exc
 
     async def connect(self, budget: float) -> None:
-        """Opens the first connection, and on a Cluster learns the slot map and command table,
-        before the first request: that costs 20 ms on an idle machine and over 150 ms on a busy
-        one, which would otherwise come out of the first request's per-call budget, fail it
-        and open the breaker on a replica that just started."""
-        try:
-            async with asyncio.timeout(budget):
-                if isinstance(self._client, RedisCluster):
-                    await self._client.initialize()
-                await self._client.ping()
-        except REDIS_FAILURES as exc:
-            raise self._failed("connect", exc) from exc
+        """The first round trip, made at start-up within `budget`: it opens the first
+        connection, and on a Cluster redis-py learns the slot map and command table before it.
+        That takes longer on a busy machine than one call's timeout, and would otherwise fail
+        the first request and open the breaker on a replica that just started."""
+        await self._ping("connect", budget)
 
     async def ping(self) -> None:
+        await self._ping("ping", self._timeout)
+
+    async def _ping(self, operation: str, within: float) -> None:
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(within):
                 await self._client.ping()
         except REDIS_FAILURES as exc:
-            raise self._failed("ping", exc) from exc
+            raise self._failed(operation, exc) from exc
 
     async def close(self) -> None:
         if self._reconnecting is not None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 
 import pytest
 import redis
 
+from proxy import app
 from tests.conftest import ProxyFactory
 from tests.fake_lunary import FakeLunary
 from tests.servers import RedisServer
@@ -95,3 +97,28 @@ def test_proxy_starts_while_redis_is_down(
     assert warning.getMessage().startswith("the store does not answer at start-up")
     assert warning.__dict__["store"] == f"redis at {redis_url}"
     assert warning.__dict__["error"] == "connect failed: ConnectionError"
+
+
+def test_a_store_that_never_answers_holds_start_up_for_the_connect_budget_only(
+    make_proxy: ProxyFactory,
+    fake: FakeLunary,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr(app, "STORE_CONNECT_BUDGET", 0.5)  # 5 s in production
+    key, run = fake.add_key(), fake.add_run()
+    with socket.socket() as silent, caplog.at_level(logging.WARNING, logger="proxy"):
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes connections; nothing ever reads or answers
+        started = time.monotonic()
+        proxy = make_proxy(
+            redis_url=f"redis://127.0.0.1:{silent.getsockname()[1]}/0", redis_timeout=0.25
+        )
+        start_up = time.monotonic() - started
+        answer = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
+
+    assert 0.5 <= start_up < NO_STALL
+    [warning] = [r for r in caplog.records if "at start-up" in r.getMessage()]
+    assert warning.__dict__["error"] == "connect failed: TimeoutError"
+    assert answer.status_code == 200
+    assert answer.headers["x-cache"] == "BYPASS"
