@@ -10,26 +10,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import statistics
 import time
 from collections import Counter
 
-from benchmarks.rawhttp import Connection
+from benchmarks.rawhttp import HttpConnection
 from tests.fake_lunary import FakeLunary
 from tests.servers import ProxyProcess, RedisServer, ServerThread, replica_settings
 
 
 async def wave(
-    pools: list[list[Connection]],
+    pools: list[list[HttpConnection]],
     runs: list[str],
     keys: list[str],
     per_key: int,
 ) -> list[tuple[float, int, str]]:
     """Every (run, key) read `per_key` times at once, spread over the proxies."""
 
-    async def one(conn: Connection, run: str, key: str) -> tuple[float, int, str]:
+    async def one(conn: HttpConnection, run: str, key: str) -> tuple[float, int, str]:
         started = time.perf_counter()
-        answer = await conn.get(f"/v1/runs/{run}", {"X-API-Key": key})
+        answer = await conn.request("GET", f"/v1/runs/{run}", {"X-API-Key": key})
         return time.perf_counter() - started, answer.status, answer.headers.get("x-cache", "")
 
     jobs, used = [], [0] * len(pools)
@@ -64,16 +65,24 @@ async def main(args: argparse.Namespace) -> None:
                 proc.__enter__()
             try:
                 per_wave = args.wave_keys * args.scopes * args.per_key
-                pools = [[Connection(p.url) for _ in range(per_wave)] for p in procs]
+                # never replaced for idling: the connections opened below are the ones timed
+                pools = [
+                    [HttpConnection(p.url, max_idle=math.inf) for _ in range(per_wave)]
+                    for p in procs
+                ]
                 # open every connection before timing: the herd is about fills, not handshakes
-                await asyncio.gather(*(c.get("/healthz") for pool in pools for c in pool))
+                await asyncio.gather(
+                    *(c.request("GET", "/healthz") for pool in pools for c in pool)
+                )
                 results: list[tuple[float, int, str]] = []
                 started = time.perf_counter()
                 for first in range(0, len(runs), args.wave_keys):
                     batch = runs[first : first + args.wave_keys]
                     results += await wave(pools, batch, keys, args.per_key)
                 elapsed = time.perf_counter() - started
-                await asyncio.gather(*(c.close() for pool in pools for c in pool))
+                for pool in pools:
+                    for c in pool:
+                        c.close()
             finally:
                 for proc in procs:
                     proc.__exit__(None, None, None)

@@ -43,7 +43,6 @@ import orjson
 import uvloop
 
 from benchmarks.harness import (
-    HttpConnection,
     Service,
     free_ports,
     metric_samples,
@@ -53,7 +52,7 @@ from benchmarks.harness import (
     shared_proxy,
 )
 from benchmarks.origin import RUN_NOT_FOUND, marker, run_body
-from benchmarks.rawhttp import Answer
+from benchmarks.rawhttp import Answer, HttpConnection
 from proxy.metrics import CACHE_RESULTS
 from proxy.policy import make_etag
 from tests.servers import RedisServer
