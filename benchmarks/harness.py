@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.prometheus import Samples, samples
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,16 +294,15 @@ end
 def proxy_counters(url: str) -> dict[str, float]:
     """Cache results and store errors so far, from the proxy's own metrics."""
     counters: dict[str, float] = {}
-    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-        for family, label in (
-            ("lunary_proxy_requests_total", "cache"),
-            ("lunary_proxy_store_errors_total", "operation"),
-        ):
-            if line.startswith(family + "{"):
-                value = line.rsplit(" ", 1)[1]
-                name = line.split(f'{label}="', 1)[1].split('"', 1)[0]
-                key = f"{'store error ' if label == 'operation' else ''}{name}"
-                counters[key] = counters.get(key, 0.0) + float(value)
+    for (name, label_set), value in metric_samples(url).items():
+        labels = dict(label_set)
+        if name == "lunary_proxy_requests_total":
+            key = labels["cache"]
+        elif name == "lunary_proxy_store_errors_total":
+            key = "store error " + labels["operation"]
+        else:
+            continue
+        counters[key] = counters.get(key, 0.0) + value
     return counters
 
 
@@ -344,19 +343,6 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def metric_samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of a Prometheus `/metrics` page, by name and labels."""
-    text = httpx.get(url + "/metrics", timeout=5).text
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def metric_total(
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    """The sum of `name`'s samples whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+def metric_samples(url: str) -> Samples:
+    """Every sample of a proxy's `/metrics` page, by name and labels."""
+    return samples(httpx.get(url + "/metrics", timeout=5).text)

@@ -46,7 +46,6 @@ from benchmarks.harness import (
     Service,
     free_ports,
     metric_samples,
-    metric_total,
     origin_service,
     require,
     shared_proxy,
@@ -55,6 +54,7 @@ from benchmarks.origin import RUN_NOT_FOUND, marker, run_body
 from benchmarks.rawhttp import Answer, HttpConnection
 from proxy.metrics import CACHE_RESULTS
 from proxy.policy import make_etag
+from tests.prometheus import total
 from tests.servers import RedisServer
 
 ADMIN_TOKEN = "isolation-admin-token-0123456789"
@@ -508,24 +508,24 @@ def counts(counter: Counter[str]) -> str:
 
 def proxy_report(proxies: Sequence[Service]) -> tuple[list[str], dict[str, float]]:
     """Lines on the proxies' own counters, and the totals the exit status depends on."""
-    samples = [metric_samples(p.url) for p in proxies]
+    found = [metric_samples(p.url) for p in proxies]
 
-    def total(name: str, **labels: str) -> float:
-        return sum(metric_total(s, name, **labels) for s in samples)
+    def summed(name: str, **labels: str) -> float:
+        return sum(total(s, name, **labels) for s in found)
 
     def by(name: str, label: str, values: Sequence[str], **labels: str) -> str:
-        return ", ".join(f"{v} {total(name, **{label: v}, **labels):.0f}" for v in values)
+        return ", ".join(f"{v} {summed(name, **{label: v}, **labels):.0f}" for v in values)
 
     outcomes = ("joined", "replica", "timeout", "refetch")
-    per_proxy = [f"{metric_total(s, 'lunary_proxy_requests_total'):.0f}" for s in samples]
+    per_proxy = [f"{total(s, 'lunary_proxy_requests_total'):.0f}" for s in found]
     lines = [
         f"proxy requests        {by('lunary_proxy_requests_total', 'cache', CACHE_RESULTS)} "
         f"(per process: {', '.join(per_proxy)})",
         f"coalesced waits       {by('lunary_proxy_coalesced_waits_total', 'outcome', outcomes)}",
-        f"background refreshes  {total('lunary_proxy_background_refreshes_total'):.0f}",
+        f"background refreshes  {summed('lunary_proxy_background_refreshes_total'):.0f}",
         "invalidations         "
         + by("lunary_proxy_invalidations_total", "source", ("write", "admin"), result="ok")
-        + f" (failed {total('lunary_proxy_invalidations_total', result='error'):.0f})",
+        + f" (failed {summed('lunary_proxy_invalidations_total', result='error'):.0f})",
         "upstream fills        "
         + by(
             "lunary_proxy_upstream_requests_total",
@@ -533,12 +533,12 @@ def proxy_report(proxies: Sequence[Service]) -> tuple[list[str], dict[str, float
             ("2xx", "4xx", "5xx", "timeout", "unreachable"),
             purpose="fill",
         ),
-        f"store errors          {total('lunary_proxy_store_errors_total'):.0f}",
+        f"store errors          {summed('lunary_proxy_store_errors_total'):.0f}",
     ]
     totals = {
-        "coalesced": total("lunary_proxy_coalesced_waits_total"),
-        "invalidations": total("lunary_proxy_invalidations_total", result="ok"),
-        "refreshes": total("lunary_proxy_background_refreshes_total"),
+        "coalesced": summed("lunary_proxy_coalesced_waits_total"),
+        "invalidations": summed("lunary_proxy_invalidations_total", result="ok"),
+        "refreshes": summed("lunary_proxy_background_refreshes_total"),
     }
     return lines, totals
 

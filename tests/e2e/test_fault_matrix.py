@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from tests.conftest import SCOPE_SECRET, ProxyFactory
-from tests.e2e.test_metrics import value
 from tests.fake_lunary import FakeLunary
+from tests.prometheus import value
 from tests.servers import ProxyProcess, RawServer, RedisServer, ServerThread
 
 # -- Lunary resets the connection half-way through a body ----------------------------------------

@@ -23,8 +23,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.e2e.test_metrics import samples
 from tests.fake_lunary import FakeLunary, reader_marker
+from tests.prometheus import samples, total
 from tests.servers import ProxyProcess, ServerThread, replica_settings
 
 ADMIN_TOKEN = "isolation-test-admin-token"
@@ -249,13 +249,7 @@ def replicas(upstream: ServerThread, redis_url: str) -> Iterator[list[ProxyProce
 
 
 def metric_sum(urls: list[str], name: str, **labels: str) -> float:
-    wanted = set(labels.items())
-    return sum(
-        value
-        for url in urls
-        for (sample, sample_labels), value in samples(httpx.get(url + "/metrics").text).items()
-        if sample == name and wanted <= sample_labels
-    )
+    return sum(total(samples(httpx.get(url + "/metrics").text), name, **labels) for url in urls)
 
 
 async def test_no_body_reaches_another_credential_under_concurrent_load(

@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from tests.conftest import ProxyFactory
 from tests.fake_lunary import FakeLunary
+from tests.prometheus import value
 from tests.servers import RedisServer
-
-
-def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(text: str, name: str, **labels: str) -> float:
-    return samples(text).get((name, frozenset(labels.items())), 0.0)
 
 
 def test_cache_results_and_upstream_statuses_are_counted(

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.e2e.test_metrics import value
 from tests.fake_lunary import FakeLunary
+from tests.prometheus import value
 from tests.servers import ProxyProcess, ServerThread, replica_settings
 
 
