@@ -132,7 +132,7 @@ class ProxyApp:
         tasks = TaskSet()
         notices = self._open_notices()
         listener = None if notices is None else asyncio.create_task(notices.run())
-        store = GuardedStore(await self._open_store(notices), self.metrics)
+        store = await self._open_store(notices)
         upstream = AiohttpUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
         cooldowns = Cooldowns(store)
         lifetimes = Lifetimes(
@@ -202,21 +202,23 @@ class ProxyApp:
         listener = connect(s.redis_url, cluster=s.redis_cluster, timeout=None)
         return FillNotices(listener, FILLED_CHANNEL, INVALIDATED_CHANNEL)
 
-    async def _open_store(self, notices: FillNotices | None) -> Store:
+    async def _open_store(self, notices: FillNotices | None) -> GuardedStore:
         s = self.settings
         if not s.redis_url:
-            return MemoryStore(s.memory_max_entries)
+            return GuardedStore(MemoryStore(s.memory_max_entries), self.metrics)
         client = connect(s.redis_url, cluster=s.redis_cluster, timeout=s.redis_timeout)
-        store = RedisStore(
+        redis_store = RedisStore(
             client, s.redis_timeout, on_corrupt=self.metrics.corrupt_entry, notices=notices
         )
+        store = GuardedStore(redis_store, self.metrics)
         try:
-            await store.connect(STORE_CONNECT_BUDGET)
+            await redis_store.connect(STORE_CONNECT_BUDGET)
         except StoreError as exc:  # not fatal: requests bypass it until it answers
             log.warning(
                 "the store does not answer at start-up: serving from Lunary until it does",
                 extra={"store": self._store_description(), "error": str(exc)},
             )
+            store.failed_at_start()
         return store
 
     def _store_description(self) -> str:

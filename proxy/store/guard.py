@@ -144,6 +144,13 @@ class GuardedStore:
             )
         self._refusing_until = self._clock() + self._refuse_writes_for
 
+    def failed_at_start(self) -> None:
+        """The store did not answer at start-up (the caller has said so): skip it from the first
+        request on, as after any failure, rather than make that request wait for it again."""
+        self._metrics.store_error("connect")
+        self._open_until = self._clock() + self._open_for
+        self._metrics.breaker_open(True)
+
     def _open_breaker(self, exc: StoreError) -> None:
         if self._open_until is None:
             log.warning("store failed, bypassing it", extra={"error": str(exc)})

@@ -13,6 +13,7 @@ import redis
 from proxy import app
 from tests.conftest import ProxyFactory
 from tests.fake_lunary import FakeLunary
+from tests.prometheus import value
 from tests.servers import RedisServer
 
 # generous bound on one request while the store fails: far above the 0.25 s store timeout and
@@ -97,6 +98,7 @@ def test_proxy_starts_while_redis_is_down(
     assert warning.getMessage().startswith("the store does not answer at start-up")
     assert warning.__dict__["store"] == f"redis at {redis_url}"
     assert warning.__dict__["error"] == "connect failed: ConnectionError"
+    assert not [r for r in caplog.records if "bypassing it" in r.getMessage()]  # said once
 
 
 def test_a_store_that_never_answers_holds_start_up_for_the_connect_budget_only(
@@ -116,9 +118,15 @@ def test_a_store_that_never_answers_holds_start_up_for_the_connect_budget_only(
         )
         start_up = time.monotonic() - started
         answer = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
+        metrics = proxy.get("/metrics").text
 
     assert 0.5 <= start_up < NO_STALL
     [warning] = [r for r in caplog.records if "at start-up" in r.getMessage()]
     assert warning.__dict__["error"] == "connect failed: TimeoutError"
     assert answer.status_code == 200
     assert answer.headers["x-cache"] == "BYPASS"
+    assert "detail=store-unavailable" in answer.headers["cache-status"]
+    # skipped from the start, as after any failure: no second warning, the breaker shows open
+    assert not [r for r in caplog.records if "bypassing it" in r.getMessage()]
+    assert value(metrics, "lunary_proxy_store_errors_total", operation="connect") == 1
+    assert value(metrics, "lunary_proxy_store_breaker_open") == 1
