@@ -8,14 +8,18 @@ import redis
 
 from tests.conftest import ProxyFactory
 from tests.fake_lunary import FakeLunary
+from tests.prometheus import samples, total
 from tests.servers import RedisClusterServers, RedisServer
 
+# what a Redis client sends once before its first command on a Cluster: the slot map, the
+# command table
+DISCOVERY = ("cluster|slots", "command")
 
-def pings(nodes: list[redis.Redis]) -> int:
-    """PING calls the servers have answered, all clients together."""
-    return sum(
-        int(node.info("commandstats").get("cmdstat_ping", {}).get("calls", 0)) for node in nodes
-    )
+
+def calls(nodes: list[redis.Redis], command: str) -> int:
+    """Calls of `command` the servers have answered, all clients together."""
+    stats = [node.info("commandstats").get(f"cmdstat_{command}", {}) for node in nodes]
+    return sum(int(stat.get("calls", 0)) for stat in stats)
 
 
 @pytest.mark.parametrize("kind", ["redis", "cluster"])
@@ -29,11 +33,17 @@ def test_start_up_connects_to_the_store_before_any_request(
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         url, options, nodes = request.getfixturevalue("redis_url"), {}, [server.client()]
-    before = pings(nodes)
+    before = calls(nodes, "ping")
 
-    proxy = make_proxy(redis_url=url, **options)
-    after_start = pings(nodes)
+    proxy = make_proxy(redis_url=url, redis_timeout=0.25, **options)
+    after_start = calls(nodes, "ping")
+    discovered = [calls(nodes, command) for command in DISCOVERY]
     answers = [proxy.get(f"/v1/runs/{fake.add_run()}", headers={"X-API-Key": fake.add_key()})]
+    metrics = samples(proxy.get("/metrics").text)
 
     assert after_start == before + 1  # one round trip at start-up, none of them a request's
     assert [a.headers["x-cache"] for a in answers] == ["MISS"]
+    # the first request learnt nothing about the cluster: start-up had
+    assert [calls(nodes, command) for command in DISCOVERY] == discovered
+    assert total(metrics, "lunary_proxy_store_errors_total") == 0
+    assert total(metrics, "lunary_proxy_store_breaker_open") == 0
