@@ -107,7 +107,7 @@ class JsonLines:
 
     def write(self, logger: str, message: str, fields: dict[str, Any]) -> None:
         line = json_line(self._timestamps(time.time()), "info", logger, message, fields.items())
-        self._pending += orjson.dumps(line, default=str) + b"\n"
+        self._pending += orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)
         if len(self._pending) >= FLUSH_AT:
             self.flush()
             return

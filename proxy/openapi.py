@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from proxy import __version__
+from proxy.server import MAX_HEADER_BYTES
 
 # The usual spellings of one UUID: any case, optional braces, optional hyphens. Postgres also
 # takes a hyphen after any group of four hex digits (and percent-encoded braces), which the
@@ -35,11 +36,6 @@ def _json_response(description: str, schema: dict[str, Any], **headers: Any) -> 
 
 def _proxy_error(description: str, **headers: Any) -> dict[str, Any]:
     return _json_response(description, _ref("schemas", "ProxyError"), **headers)
-
-
-def _upstream_or_proxy_error(description: str) -> dict[str, Any]:
-    schema = {"anyOf": [_ref("schemas", "ProxyError"), _ref("schemas", "LunaryError")]}
-    return _json_response(description, schema)
 
 
 CACHE_HEADERS = {
@@ -102,7 +98,7 @@ def _cached_read(summary: str, body_schema: dict[str, Any], *, head: bool) -> di
             "429": _with_retry_after(answered(
                 "Lunary's rate limit (its body is text), or the proxy's cooldown after one.",
                 {"anyOf": [_ref("schemas", "ProxyError"), {"type": "string"}]})),
-            "431": answered("The request line and headers exceed 64 KiB.",
+            "431": answered(f"The request line and headers exceed {MAX_HEADER_BYTES // 1024} KiB.",
                             _ref("schemas", "ProxyError")),
             "502": answered("Lunary could not be reached and nothing stale could be served.",
                             _ref("schemas", "ProxyError")),

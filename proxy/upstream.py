@@ -31,7 +31,7 @@ RESPONSE_DROP = frozenset({b"date", b"x-request-id"})
 # What aiohttp would add on its own: the request goes out with the client's headers only.
 NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 CHUNK = 64 * 1024
-MAX_HEADER_BYTES = 16 * 1024
+MAX_UPSTREAM_FIELD_BYTES = 16 * 1024
 
 
 class AiohttpUpstream:
@@ -60,8 +60,8 @@ class AiohttpUpstream:
                 requote_redirect_url=False,
                 trust_env=True,  # HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE, as httpx honoured them
                 # as much header as h11 (httpx) accepted: a long upstream header is not a 502
-                max_line_size=MAX_HEADER_BYTES,
-                max_field_size=MAX_HEADER_BYTES,
+                max_line_size=MAX_UPSTREAM_FIELD_BYTES,
+                max_field_size=MAX_UPSTREAM_FIELD_BYTES,
             )
         return self._session
 
