@@ -107,6 +107,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._reading_body:  # the body made progress: its deadline starts again
             self._arm_read(self._body_timeout)
         elif self._reading_headers:
+            if self._read_timer is None:  # a keep-alive request's head, incomplete: its deadline
+                self._arm_read(self._header_timeout)
             seen = self._header_tail + data
             last_end = seen.rfind(HEAD_END)
             if last_end != -1:
@@ -126,9 +128,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         return self._header_bytes > MAX_HEADER_BYTES
 
     def on_message_begin(self) -> None:
-        if not self._reading_headers:  # a keep-alive connection's next request has begun
-            self._reading_headers = True
-            self._arm_read(self._header_timeout)
+        # a keep-alive connection's next request has begun; data_received arms its deadline
+        # once this read is parsed, if its head is incomplete by then (most heads come whole
+        # in one read: no timer at all)
+        self._reading_headers = True
         self._parsed_head_bytes = 0
         super().on_message_begin()
 
