@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from proxy import errors, replies
 from proxy.coalesce import SingleFlight
@@ -511,10 +512,11 @@ class CachedReads:
             return
         task, _ = self._refreshes.join(fill.key, lambda: self._fill(fill, wait=False), None)
         self._metrics.background_refresh()
-        task.add_done_callback(self._close_unread_body)
-        task.add_done_callback(lambda done: self._note_refresh(fill.key, done))
+        task.add_done_callback(partial(self._after_refresh, fill.key))
 
-    def _note_refresh(self, key: EntryKey, task: asyncio.Task[_Filled]) -> None:
+    def _after_refresh(self, key: EntryKey, task: asyncio.Task[_Filled]) -> None:
+        """Releases a body nobody relays; after a failure, holds the key's next refresh back."""
+        self._close_unread_body(task)
         if task.cancelled():
             return
         failure = task.exception()
