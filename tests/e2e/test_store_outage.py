@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from proxy import app
-from tests.conftest import ProxyFactory
+from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
 from tests.prometheus import value
 from tests.servers import RedisServer
@@ -19,6 +19,16 @@ from tests.servers import RedisServer
 # generous bound on one request while the store fails: far above the 0.25 s store timeout and
 # far below what a hung client pool or a retry loop would cost
 NO_STALL = 2.0
+
+
+def read_until_hit(proxy: RunningProxy, path: str, headers: dict[str, str]) -> list[str]:
+    """X-Cache of reads every 0.1 s until one is a HIT, for at most 5 s."""
+    deadline = time.monotonic() + 5
+    results: list[str] = []
+    while time.monotonic() < deadline and results[-1:] != ["HIT"]:
+        results.append(proxy.get(path, headers=headers).headers["x-cache"])
+        time.sleep(0.1)
+    return results
 
 
 def test_redis_down_bypasses_then_caching_resumes(
@@ -47,11 +57,7 @@ def test_redis_down_bypasses_then_caching_resumes(
     assert fake.count(run) == 6
 
     # the restarted server is empty: the next read misses and stores, the one after hits
-    deadline = time.monotonic() + 5
-    results: list[str] = []
-    while time.monotonic() < deadline and results[-1:] != ["HIT"]:
-        results.append(proxy.get(f"/v1/runs/{run}", headers=headers).headers["x-cache"])
-        time.sleep(0.1)
+    results = read_until_hit(proxy, f"/v1/runs/{run}", headers)
     assert results[-1] == "HIT", results
     assert proxy.get("/readyz").status_code == 200
 
@@ -99,6 +105,9 @@ def test_proxy_starts_while_redis_is_down(
     assert warning.__dict__["store"] == f"redis at {redis_url}"
     assert warning.__dict__["error"] == "connect failed: ConnectionError"
     assert not [r for r in caplog.records if "bypassing it" in r.getMessage()]  # said once
+    # once it answers, caching starts by itself
+    results = read_until_hit(proxy, f"/v1/runs/{run}", {"X-API-Key": key})
+    assert results[-1] == "HIT", results
 
 
 def test_a_store_that_never_answers_holds_start_up_for_the_connect_budget_only(
