@@ -52,7 +52,7 @@ class Service:
     name: str
     url: str
     process: subprocess.Popen[bytes]
-    log_path: str = ""  # what it wrote to stdout and stderr, until it stops
+    log_path: str  # what it wrote to stdout and stderr, until it stops
 
     @property
     def pid(self) -> int:
@@ -60,8 +60,6 @@ class Service:
 
     def log(self) -> str:
         """Everything it has logged so far (the file is removed when it stops)."""
-        if not self.log_path:
-            return ""
         return Path(self.log_path).read_text(encoding="utf-8", errors="replace")
 
 
@@ -133,21 +131,15 @@ def shared_proxy(
     port: int, origin_url: str, redis_url: str, *, module: str = "proxy", **settings: str
 ) -> contextlib.AbstractContextManager[Service]:
     """The proxy in front of `origin_url`, caching in the Redis at `redis_url`; `module` is
-    what `python -m` runs (benchmarks/stock_server.py serves the same app another way)."""
-    return proxy_service(
-        port,
-        module=module,
-        upstream_url=origin_url,
-        redis_url=redis_url,
-        scope_secret=SCOPE_SECRET,
-        **settings,
-    )
-
-
-def proxy_service(
-    port: int, *, module: str = "proxy", **settings: str
-) -> contextlib.AbstractContextManager[Service]:
-    env = {"PROXY_HOST": "127.0.0.1", "PROXY_PORT": str(port)}
+    what `python -m` runs (benchmarks/stock_server.py serves the same app another way);
+    `settings` are PROXY_* settings without the prefix (`cache_ttl="3"`)."""
+    env = {
+        "PROXY_HOST": "127.0.0.1",
+        "PROXY_PORT": str(port),
+        "PROXY_UPSTREAM_URL": origin_url,
+        "PROXY_REDIS_URL": redis_url,
+        "PROXY_SCOPE_SECRET": SCOPE_SECRET,
+    }
     env.update({f"PROXY_{name.upper()}": value for name, value in settings.items()})
     return service(module.rsplit(".", 1)[-1], [sys.executable, "-m", module], port, env)
 
@@ -326,6 +318,13 @@ def children(pid: int) -> list[int]:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def in_turns(names: Sequence[str], round_number: int) -> list[str]:
+    """`names` rotated by the round, so each system takes each place in the order in turn and
+    no one of them always runs first (on a cold machine) or last (on a hot one)."""
+    start = round_number % len(names)
+    return [*names[start:], *names[:start]]
 
 
 def free_ports(count: int) -> list[int]:

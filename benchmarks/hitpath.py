@@ -23,6 +23,7 @@ from benchmarks.harness import (
     children,
     cycling_requests,
     free_ports,
+    in_turns,
     measured_wrk,
     median,
     nginx,
@@ -76,9 +77,7 @@ def main() -> None:
     targets = hit_targets(100, 4)
     lua = cycling_requests(targets)
     origin_port, proxy_port, floor_port, nginx_port = free_ports(4)
-    redis = RedisServer()
-    redis.start()
-    try:
+    with RedisServer() as redis:
         client = redis.client()
         for path, headers in targets:
             body = run_body(path.rsplit("/", 1)[1])
@@ -109,8 +108,7 @@ def main() -> None:
             names = list(systems)
             for round_number in range(args.rounds):
                 for connections in args.connections:
-                    turn = names[round_number % 3 :] + names[: round_number % 3]
-                    for name in turn:
+                    for name in in_turns(names, round_number):
                         result, spent = measured_wrk(
                             systems[name], lua, server_pids(services[name]),
                             connections=connections, seconds=args.seconds,
@@ -126,8 +124,6 @@ def main() -> None:
                             flush=True,
                         )
             counters_after = proxy_counters(proxy.url)
-    finally:
-        redis.close()
 
     print("\nmedians over", args.rounds, "rounds (wrk, loopback, 1 worker each)")
     print(

@@ -118,9 +118,6 @@ class HttpxUpstream:
             raise UpstreamUnreachable(type(exc).__name__) from exc
 
 
-# uvicorn writes its own Date and the proxy its own X-Request-ID: relaying would send two
-
-
 def _response_headers(response: httpx.Response) -> list[Header]:
     return end_to_end(
         ((name.lower(), value) for name, value in response.headers.raw), RESPONSE_DROP

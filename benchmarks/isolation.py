@@ -50,7 +50,7 @@ from benchmarks.harness import (
     require,
     shared_proxy,
 )
-from benchmarks.origin import RUN_NOT_FOUND, marker, run_body
+from benchmarks.origin import RUN_NOT_FOUND, Fill, marked_body, marker
 from benchmarks.rawhttp import Answer, HttpConnection
 from proxy.metrics import CACHE_RESULTS
 from proxy.policy import make_etag
@@ -317,7 +317,6 @@ class Checker:
         self._body_bytes = body_bytes
         self.acknowledged: dict[str, int] = {}  # run -> highest version a write answer reported
         self.issued: Counter[str] = Counter()  # run -> writes sent (an upper bound on version)
-        self._bases: dict[str, bytes] = {}
         self._etags: dict[tuple[str, str, str, int], str] = {}
 
     def read(self, op: Read, answer: Answer, floor: int, tally: Tally) -> None:
@@ -390,10 +389,7 @@ class Checker:
         key = (run, route, reader, version)
         etag = self._etags.get(key)
         if etag is None:
-            base = self._bases.get(run)
-            if base is None:
-                base = self._bases[run] = run_body(run, self._body_bytes)[:-1]
-            body = base + b',"reader":"%s","version":%d}' % (reader.encode(), version)
+            body = marked_body(run, reader, version, self._body_bytes)
             etag = self._etags[key] = make_etag(b"[" + body + b"]" if route == "related" else body)
         return etag
 
@@ -506,6 +502,30 @@ def counts(counter: Counter[str]) -> str:
     return ", ".join(f"{name} {value}" for name, value in counter.most_common()) or "none"
 
 
+def tally_lines(
+    tally: Tally,
+    verdicts: Sequence[str],
+    *,
+    before_cache: Sequence[str] = (),
+    before_latency: Sequence[str] = (),
+) -> list[str]:
+    """The client's side of a marker benchmark's report, which isolation and soak share; each
+    script slots its own lines (`verdicts` on leaks and wrong answers, errors, duration) in
+    where it has always printed them."""
+    return [
+        f"checked responses     {tally.checked}",
+        *verdicts,
+        f"reads begun after a write was acknowledged that got an older version (same "
+        f"credential, not a leak): {sum(tally.older_than_write.values())} "
+        f"(by X-Cache: {counts(tally.older_than_write)})",
+        *before_cache,
+        f"by X-Cache            {counts(tally.by_cache)}",
+        f"by status             {counts(tally.by_status)}",
+        *before_latency,
+        f"client latency        {tally.latency()}",
+    ]
+
+
 def proxy_report(proxies: Sequence[Service]) -> tuple[list[str], dict[str, float]]:
     """Lines on the proxies' own counters, and the totals the exit status depends on."""
     found = [metric_samples(p.url) for p in proxies]
@@ -582,6 +602,11 @@ class MarkerSystem:
     origin: Service
     proxies: list[Service]
 
+    def fills(self) -> list[Fill]:
+        """The run reads the origin has served so far, to compare with what clients asked."""
+        found: list[Fill] = httpx.get(self.origin.url + "/__fills", timeout=60).json()
+        return found
+
 
 @contextlib.contextmanager
 def marker_system(
@@ -655,20 +680,16 @@ def main() -> None:
         tally, elapsed = uvloop.run(load([p.url for p in proxies], world, args, rng))
         metric_lines, totals = proxy_report(proxies)
         problems = log_problems(proxies)
-        fills = len(httpx.get(system.origin.url + "/__fills", timeout=30).json())
+        fills = len(system.fills())
 
     print(f"requests              {tally.requests} ({counts(tally.by_kind)})")
-    print(f"checked responses     {tally.checked}")
-    print(f"leaks                 {tally.leaks}")
-    print(f"wrong answers         {tally.wrong}")
-    print(f"reads begun after a write was acknowledged that got an older version (same "
-          f"credential, not a leak): {sum(tally.older_than_write.values())} "
-          f"(by X-Cache: {counts(tally.older_than_write)})")  # fmt: skip
-    print(f"by X-Cache            {counts(tally.by_cache)}")
-    print(f"by status             {counts(tally.by_status)}")
-    print(f"errors                {counts(tally.errors)}")
-    print(f"duration              {elapsed:.1f} s ({tally.requests / elapsed:.0f} requests/s)")
-    print(f"client latency        {tally.latency()}")
+    verdicts = [f"leaks                 {tally.leaks}", f"wrong answers         {tally.wrong}"]
+    errors_and_duration = [
+        f"errors                {counts(tally.errors)}",
+        f"duration              {elapsed:.1f} s ({tally.requests / elapsed:.0f} requests/s)",
+    ]
+    for line in tally_lines(tally, verdicts, before_latency=errors_and_duration):
+        print(line)
     print(f"origin run reads      {fills} ({fills / max(tally.requests, 1):.3f} per request)")
     for line in metric_lines:
         print(line)

@@ -18,6 +18,7 @@ import httpx
 from benchmarks.harness import (
     WrkResult,
     free_ports,
+    in_turns,
     median,
     nginx,
     origin_service,
@@ -60,41 +61,36 @@ def main() -> None:
     require("wrk", "nginx", "redis-server")
 
     origin_port, proxy_port, nginx_port = free_ports(3)
-    redis = RedisServer()
-    redis.start()
     results: dict[str, list[tuple[WrkResult, float]]] = defaultdict(list)
     names = ["proxy", "nginx", "direct"]
-    try:
-        with (
-            origin_service(origin_port, latency=args.latency) as origin,
-            shared_proxy(proxy_port, origin.url, redis.url) as proxy,
-            nginx(nginx_port, origin_port) as cache,
-        ):
-            systems = {"proxy": proxy.url, "nginx": cache.url, "direct": origin.url}
-            for url in systems.values():  # warm connections and code paths, unmeasured
-                wrk(url, distinct_runs(random.getrandbits(32)), connections=8, seconds=2)
-            counters_before = proxy_counters(proxy.url)
-            for round_number in range(args.rounds):
-                turn = names[round_number % 3 :] + names[: round_number % 3]
-                for name in turn:
-                    before = origin_count(origin.url)
-                    result = wrk(
-                        systems[name],
-                        distinct_runs(random.getrandbits(32)),
-                        connections=args.connections,
-                        seconds=args.seconds,
-                    )
-                    fetches = (origin_count(origin.url) - before) / max(result.requests, 1)
-                    results[name].append((result, fetches))
-                    print(
-                        f"round {round_number + 1} {name:>6} {result.rate:>7.0f} req/s  "
-                        f"p50 {result.p50_ms:6.1f} ms  p99 {result.p99_ms:6.1f} ms  "
-                        f"fetches/request {fetches:.3f}  errors {result.errors}",
-                        flush=True,
-                    )
-            counters_after = proxy_counters(proxy.url)
-    finally:
-        redis.close()
+    with (
+        RedisServer() as redis,
+        origin_service(origin_port, latency=args.latency) as origin,
+        shared_proxy(proxy_port, origin.url, redis.url) as proxy,
+        nginx(nginx_port, origin_port) as cache,
+    ):
+        systems = {"proxy": proxy.url, "nginx": cache.url, "direct": origin.url}
+        for url in systems.values():  # warm connections and code paths, unmeasured
+            wrk(url, distinct_runs(random.getrandbits(32)), connections=8, seconds=2)
+        counters_before = proxy_counters(proxy.url)
+        for round_number in range(args.rounds):
+            for name in in_turns(names, round_number):
+                before = origin_count(origin.url)
+                result = wrk(
+                    systems[name],
+                    distinct_runs(random.getrandbits(32)),
+                    connections=args.connections,
+                    seconds=args.seconds,
+                )
+                fetches = (origin_count(origin.url) - before) / max(result.requests, 1)
+                results[name].append((result, fetches))
+                print(
+                    f"round {round_number + 1} {name:>6} {result.rate:>7.0f} req/s  "
+                    f"p50 {result.p50_ms:6.1f} ms  p99 {result.p99_ms:6.1f} ms  "
+                    f"fetches/request {fetches:.3f}  errors {result.errors}",
+                    flush=True,
+                )
+        counters_after = proxy_counters(proxy.url)
 
     print(f"\nmedians over {args.rounds} rounds, c={args.connections}, origin {args.latency}s")
     print(f"{'system':>6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'fetch/req':>9} {'errors':>6}")

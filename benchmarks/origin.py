@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import random
 import time
@@ -35,6 +36,9 @@ from typing import cast
 
 import orjson
 import uvloop
+
+# a run read as marker mode's `/__fills` lists it: time, run, route, reader, status
+Fill = tuple[float, str, str, str, int]
 
 NOT_FOUND = b'{"message":"Not found"}'
 UNAUTHORIZED = b'{"message":"Unauthorized"}'
@@ -95,6 +99,21 @@ def marker(credential: str) -> str:
     return hashlib.sha256(b"lcp-reader:" + credential.encode()).hexdigest()[:16]
 
 
+def marked_body(run_id: str, reader: str, version: int, size: int = 2048) -> bytes:
+    """A run's body as marker mode serves it to `reader` (a `marker()`) at `version`.
+
+    The one definition of the format: the origin serves it and isolation.py's checker
+    computes the ETags a HEAD answer may carry from it.
+    """
+    return _unmarked(run_id, size) + b',"reader":"%s","version":%d}' % (reader.encode(), version)
+
+
+@functools.cache
+def _unmarked(run_id: str, size: int) -> bytes:
+    """`run_body` without its closing brace, made once per run: only the marker varies."""
+    return run_body(run_id, size)[:-1]
+
+
 @dataclass
 class World:
     """Marker mode's access rules and state, shared by every connection of the process."""
@@ -104,8 +123,7 @@ class World:
     body_bytes: int = 2048
     versions: dict[str, int] = field(default_factory=dict)
     failing_until: float = 0.0
-    fills: list[tuple[float, str, str, str, int]] = field(default_factory=list)
-    _bases: dict[str, bytes] = field(default_factory=dict)
+    fills: list[Fill] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: str, body_bytes: int) -> World:
@@ -161,11 +179,7 @@ class World:
         return 404, NO_CREDENTIAL, b""
 
     def _body(self, run_id: str, token: str) -> bytes:
-        base = self._bases.get(run_id)
-        if base is None:
-            base = self._bases[run_id] = run_body(run_id, self.body_bytes)[:-1]
-        version = self.versions.get(run_id, 0)
-        return base + b',"reader":"%s","version":%d}' % (marker(token).encode(), version)
+        return marked_body(run_id, marker(token), self.versions.get(run_id, 0), self.body_bytes)
 
 
 def _credential(lines: list[bytes]) -> str | None:

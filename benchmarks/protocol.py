@@ -14,6 +14,7 @@ from benchmarks.harness import (
     WrkResult,
     cycling_requests,
     free_ports,
+    in_turns,
     measured_wrk,
     median,
     origin_service,
@@ -54,8 +55,7 @@ def main() -> None:
         names = list(services)
         for round_number in range(args.rounds):
             for connections in args.connections:
-                turn = names[round_number % 2 :] + names[: round_number % 2]
-                for name in turn:
+                for name in in_turns(names, round_number):
                     result, used = measured_wrk(
                         services[name].url, lua, [services[name].pid],
                         connections=connections, seconds=args.seconds,

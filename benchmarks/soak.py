@@ -48,7 +48,9 @@ from benchmarks.isolation import (
     make_world,
     marker_system,
     proxy_report,
+    tally_lines,
 )
+from benchmarks.origin import Fill
 from benchmarks.rawhttp import Answer
 from tests.servers import RedisServer
 
@@ -61,6 +63,7 @@ class Timeline:
 
     started: float
     window: float  # seconds: PROXY_CACHE_TTL
+    world: World  # what Lunary would answer each read
     redis_down: list[tuple[float, float]] = field(default_factory=list)
     upstream_failing: list[tuple[float, float]] = field(default_factory=list)
     # TTL windows in which a run was written or purged, or a key read with no-cache
@@ -68,7 +71,6 @@ class Timeline:
     refreshed_keys: set[tuple[Key, int]] = field(default_factory=set)
     # reads answered in each phase, by what Lunary would say, status and X-Cache
     answers: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    world: World | None = None
 
     def index(self, at: float) -> int:
         return int((at - self.started) // self.window)
@@ -81,7 +83,6 @@ class Timeline:
             self.touched_runs.add((op.run, self.index(at)))
 
     def answered(self, at: float, read: Read, answer: Answer) -> None:
-        assert self.world is not None
         expected = self.world.expect(read.credential, read.run, read.route).value
         outcome = f"{expected} -> {answer.status} {answer.headers.get('x-cache', '-')}"
         self.answers[self.phase(at)][outcome] += 1
@@ -186,7 +187,10 @@ async def soak(
     finally:
         for task in background:
             task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        # a failed chaos or watch task must fail the run: else it stops disturbing unnoticed
+        for result in await asyncio.gather(*background, return_exceptions=True):
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
     memory.take(time.time() - timeline.started)
     if not redis.running:  # cancelled mid-restart
         redis.start()
@@ -196,9 +200,7 @@ async def soak(
 # -- reports -----------------------------------------------------------------------------------
 
 
-def upstream_calls(
-    fills: list[tuple[float, str, str, str, int]], world: World, timeline: Timeline
-) -> list[str]:
+def upstream_calls(fills: list[Fill], world: World, timeline: Timeline) -> list[str]:
     """Upstream calls per (key, scope, TTL window), by the kind of answer the key gets, for
     undisturbed windows and for each kind of disturbance."""
     by_marker: dict[str, Credential] = {c.marker: c for c in world.credentials}
@@ -366,22 +368,17 @@ def main() -> None:
         )
         metric_lines, _ = proxy_report(proxies)
         problems = log_problems(proxies)
-        fills = httpx.get(system.origin.url + "/__fills", timeout=60).json()
+        fills = system.fills()
         alive = [p.process.poll() is None for p in proxies]
 
     print(f"requests              {tally.requests} in {elapsed:.0f} s "
           f"({tally.requests / elapsed:.0f}/s; {counts(tally.by_kind)})")  # fmt: skip
-    print(f"checked responses     {tally.checked}")
-    print(f"wrong bodies          {tally.leaks + tally.wrong} "
-          f"(leaks {tally.leaks}, wrong answers {tally.wrong})")  # fmt: skip
-    print(f"reads begun after a write was acknowledged that got an older version (same "
-          f"credential, not a leak): {sum(tally.older_than_write.values())} "
-          f"(by X-Cache: {counts(tally.older_than_write)})")  # fmt: skip
-    for line in error_lines(tally, timeline):
+    verdict = (
+        f"wrong bodies          {tally.leaks + tally.wrong} "
+        f"(leaks {tally.leaks}, wrong answers {tally.wrong})"
+    )
+    for line in tally_lines(tally, [verdict], before_cache=error_lines(tally, timeline)):
         print(line)
-    print(f"by X-Cache            {counts(tally.by_cache)}")
-    print(f"by status             {counts(tally.by_status)}")
-    print(f"client latency        {tally.latency()}")
     print(f"origin run reads      {len(fills)}")
     for line in upstream_calls(fills, world, timeline) + answer_lines(timeline):
         print(line)
