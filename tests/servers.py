@@ -89,6 +89,20 @@ def raw_exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
     return b"".join(received)
 
 
+def raw_answer(
+    port: int, request: bytes, timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
+    """raw_exchange, with the answer split: status, headers (names in lower case) and body."""
+    answer = raw_exchange(port, request, timeout)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.lower()] = value.strip()
+    return int(status_line.split(" ")[1]), headers, body
+
+
 def redis_binary() -> str:
     """redis-server from PATH (CI installs it); fail loudly rather than skip real-store tests."""
     path = shutil.which("redis-server")
@@ -295,6 +309,14 @@ class ProxyProcess:
         self.final_log = self.log()
         self._log.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_replicas(count: int, settings: dict[str, str]) -> Iterator[list[ProxyProcess]]:
+    """`count` proxy processes with the same settings (see replica_settings), all stopped on
+    the way out, also when one of them failed to start."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(ProxyProcess(**settings)) for _ in range(count)]
 
 
 @dataclass(frozen=True)

@@ -130,12 +130,8 @@ def test_a_corrupt_or_foreign_value_is_a_miss_and_is_replaced(
 @pytest.fixture
 def small_redis() -> Iterator[RedisServer]:
     """A Redis of its own, whose memory limit a test may lower below what it holds."""
-    server = RedisServer("--maxmemory-policy", "noeviction")
-    server.start()
-    try:
+    with RedisServer("--maxmemory-policy", "noeviction") as server:
         yield server
-    finally:
-        server.close()
 
 
 def test_redis_out_of_memory_refuses_writes_and_still_serves_reads(
@@ -274,13 +270,22 @@ def test_an_upstream_slower_than_the_timeout_is_a_504_and_nothing_is_stored(
     make_proxy: ProxyFactory, fake: FakeLunary
 ) -> None:
     proxy = make_proxy(upstream_timeout=0.3)
-    key, run = fake.add_key(), fake.add_run()
+    key, run = fake.add_key(), fake.add_run(marker="late")
     fake.read_latency = 1.0
     timed_out = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
     fake.read_latency = 0.0
+    # the late answer (read as "late" before its pause) leaves the fake after the 504: wait
+    # until it has, and then some, so a proxy that kept and stored it would have done so
+    fake.runs[run]["metadata"]["marker"] = "current"
+    deadline = time.monotonic() + 10
+    while fake.in_flight:
+        assert time.monotonic() < deadline, "the late answer never left the upstream"
+        time.sleep(0.05)
+    time.sleep(0.5)
     after = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
 
     assert timed_out.status_code == 504
     assert after.status_code == 200
     assert after.headers["x-cache"] == "MISS"
+    assert after.json()["metadata"]["marker"] == "current"  # not the late answer
     assert fake.count(run) == 2

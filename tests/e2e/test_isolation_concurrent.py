@@ -25,7 +25,7 @@ import pytest
 
 from tests.fake_lunary import FakeLunary, reader_marker
 from tests.prometheus import samples, total
-from tests.servers import ProxyProcess, ServerThread, replica_settings
+from tests.servers import ProxyProcess, ServerThread, replica_settings, running_replicas
 
 ADMIN_TOKEN = "isolation-test-admin-token"
 LOAD_SECONDS = 6.0
@@ -238,14 +238,8 @@ def replicas(upstream: ServerThread, redis_url: str) -> Iterator[list[ProxyProce
         upstream.url, redis_url, cache_ttl="1", stale_ttl="30", negative_ttl="1",
         admin_token=ADMIN_TOKEN, upstream_timeout="5",
     )  # fmt: skip
-    procs = [ProxyProcess(**settings) for _ in range(2)]
-    try:
-        for proc in procs:
-            proc.__enter__()
+    with running_replicas(2, settings) as procs:
         yield procs
-    finally:
-        for proc in procs:
-            proc.__exit__(None, None, None)
 
 
 def metric_sum(urls: list[str], name: str, **labels: str) -> float:

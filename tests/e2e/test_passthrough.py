@@ -10,16 +10,15 @@ import pytest
 
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
-from tests.servers import raw_exchange
+from tests.servers import raw_answer
 
 
 def raw_request(proxy: RunningProxy, request_line: bytes, extra: bytes = b"") -> tuple[int, bytes]:
     """Send bytes as the client wrote them (httpx would normalise the path)."""
-    data = raw_exchange(
+    status, _, body = raw_answer(
         proxy.port, request_line + b"\r\nHost: x\r\nConnection: close\r\n" + extra + b"\r\n"
     )
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body
+    return status, body
 
 
 def test_writes_and_other_paths_are_forwarded_with_body_and_query(
@@ -111,6 +110,9 @@ def test_path_is_forwarded_exactly_as_sent(proxy: RunningProxy, fake: FakeLunary
         b"/v1/runs/a%0ab",
         b"/v1/runs/a%7Fb",
         b"/..",
+        b"/v1/runs/a\\b",
+        b"/v1/runs/a%5Cb",
+        b"/v1/runs/a%5cb/related",
     ],
 )
 def test_bad_paths_get_400_json_and_are_never_forwarded(
@@ -121,6 +123,17 @@ def test_bad_paths_get_400_json_and_are_never_forwarded(
     assert status == 400
     assert orjson.loads(body)["error"] == "bad_request"
     assert "message" in orjson.loads(body)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("target", [b"/v1/runs/a/..\\b", b"/v1/template_versions%5Clatest"])
+def test_a_backslash_raw_or_encoded_is_refused_by_the_path_check(
+    proxy: RunningProxy, fake: FakeLunary, target: bytes
+) -> None:
+    status, body = raw_request(proxy, b"GET " + target + b" HTTP/1.1")
+
+    assert status == 400
+    assert "backslash" in orjson.loads(body)["message"]  # the path check's, not the parser's
     assert fake.requests == []
 
 

@@ -12,16 +12,12 @@ import pytest
 from proxy.server import MAX_HEADER_BYTES
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
-from tests.servers import raw_exchange
+from tests.servers import raw_answer, raw_exchange
 
 
 def exchange(proxy: RunningProxy, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send raw bytes, read the answer to EOF: status, headers and body."""
-    answer = raw_exchange(proxy.port, request)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines)
-    return int(status_line.split(" ")[1]), headers, body
+    return raw_answer(proxy.port, request)
 
 
 @pytest.mark.parametrize(
@@ -139,16 +135,23 @@ async def test_a_client_waiting_for_100_continue_is_not_cut_while_the_proxy_wait
     async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
         fill = asyncio.create_task(client.get(f"/v1/runs/{run}", headers={"X-API-Key": key}))
         await asyncio.sleep(0.3)
+        while not fake.in_flight:  # the fill holds the one upstream connection
+            assert not fill.done(), "the fill ended before the upload was sent"
+            await asyncio.sleep(0.05)
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(
             b"POST /echo HTTP/1.1\r\nHost: p\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
         )
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 8)
+        # `100 Continue` asks for the body only once the upload can go upstream: after the fill
+        # gave the one connection back, so the client did wait out the client timeout for it
+        upstream_busy_at_interim = fake.in_flight
         writer.write(b"hello")
         final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 8)
         writer.close()
         filled = await fill
 
     assert interim.startswith(b"HTTP/1.1 100 ")
+    assert upstream_busy_at_interim == 0
     assert final.startswith(b"HTTP/1.1 201 ")
     assert filled.status_code == 200

@@ -12,19 +12,15 @@ import pytest
 from tests.conftest import ProxyFactory
 from tests.fake_lunary import FakeLunary
 from tests.prometheus import value
-from tests.servers import ProxyProcess, ServerThread, replica_settings
+from tests.servers import ProxyProcess, ServerThread, replica_settings, running_replicas
 
 
 @pytest.fixture
 def replicas(upstream: ServerThread, redis_url: str) -> Iterator[list[ProxyProcess]]:
     """Three proxy processes sharing one redis-server, in front of the fake upstream."""
     settings = replica_settings(upstream.url, redis_url, upstream_timeout="5")
-    procs = [ProxyProcess(**settings) for _ in range(3)]
-    for proc in procs:
-        proc.__enter__()
-    yield procs
-    for proc in procs:
-        proc.__exit__(None, None, None)
+    with running_replicas(3, settings) as procs:
+        yield procs
 
 
 async def burst(

@@ -55,15 +55,18 @@ class RecordingStream(io.RawIOBase):
         return len(data)
 
 
-def test_a_flush_writes_whole_lines_at_most_pipe_buf_bytes_at_a_time() -> None:
+async def test_a_flush_writes_whole_lines_at_most_pipe_buf_bytes_at_a_time() -> None:
     """Several workers share one pipe: writes up to PIPE_BUF bytes never interleave."""
     stream = RecordingStream()
     lines = logs.JsonLines(stream)  # type: ignore[arg-type]
-    for number in range(200):
+    for number in range(200):  # in the event loop: the lines gather, under FLUSH_AT
         lines.write("proxy.access", "request", {"n": number, "path": "/v1/runs/" + "x" * 40})
+    held = list(stream.writes)
     lines.flush()
 
+    assert held == []
     assert len(stream.writes) > 1
+    assert len(stream.writes) < 200  # several lines a write, not one each
     assert all(len(write) <= logs.PIPE_BUF and write.endswith(b"\n") for write in stream.writes)
     records = [orjson.loads(line) for line in b"".join(stream.writes).splitlines()]
     assert [record["n"] for record in records] == list(range(200))
@@ -81,6 +84,25 @@ async def test_in_the_event_loop_lines_wait_for_one_flush_every_interval() -> No
     assert held == b""  # nothing written per request
     statuses = [orjson.loads(line)["status"] for line in stream.getvalue().splitlines()]
     assert statuses == [200, 404]
+
+
+async def test_a_full_buffer_is_written_at_once_without_waiting_for_the_interval() -> None:
+    stream = RecordingStream()
+    lines = logs.JsonLines(stream)  # type: ignore[arg-type]
+    held = 0  # bytes written into the buffer before the write that filled it
+    number = 0
+    while not stream.writes:  # no await: the interval's flush cannot have run
+        held = len(lines._pending)
+        lines.write("proxy.access", "request", {"n": number, "path": "/v1/runs/" + "x" * 40})
+        number += 1
+        assert number < 10 * logs.FLUSH_AT // 100, "a full buffer was never written"
+
+    written = b"".join(stream.writes)
+    assert held < logs.FLUSH_AT <= len(written)  # written by the line that filled it
+    assert lines._pending == b""
+    assert all(len(write) <= logs.PIPE_BUF and write.endswith(b"\n") for write in stream.writes)
+    records = [orjson.loads(line) for line in written.splitlines()]
+    assert [record["n"] for record in records] == list(range(number))
 
 
 def test_a_buffered_line_is_written_before_any_other_log_line() -> None:

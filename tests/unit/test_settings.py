@@ -33,6 +33,7 @@ def test_defaults_follow_the_spec() -> None:
     assert s.upstream_timeout == 10
     assert s.effective_coalesce_timeout == 10
     assert s.upstream_max_connections == 100
+    assert s.client_timeout == 60
     assert s.workers == 1
     assert (s.log_level, s.log_format) == ("info", "json")
 
