@@ -115,7 +115,13 @@ async def test_leader_result_is_stored_when_its_client_gives_up(
     async with httpx.AsyncClient(timeout=0.1) as impatient:
         with pytest.raises(httpx.TimeoutException):
             await impatient.get(f"{proxy.url}/v1/runs/{run}", headers={"X-API-Key": key})
-    await asyncio.sleep(0.6)
+    # until Lunary has answered the abandoned fill, then a moment for the proxy to store it (a
+    # fixed 0.6 s from here left a loaded machine 0.2 s for both)
+    deadline = time.monotonic() + 10
+    while fake.count(run) == 0 or fake.in_flight:
+        assert time.monotonic() < deadline, "the abandoned fill never reached Lunary"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
     fake.latency = 0
     later = proxy.get(f"/v1/runs/{run}", headers={"X-API-Key": key})
 
