@@ -43,7 +43,9 @@ def test_the_build_backend_is_pinned_within_its_range() -> None:
         assert requirement.specifier.contains(pins[name], prereleases=True)
 
 
-@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-build.lock"])
+@pytest.mark.parametrize(
+    "lock", ["requirements.lock", "requirements-build.lock", "requirements-test.lock"]
+)
 def test_every_pin_carries_a_hash(lock: str) -> None:
     """pip then installs in hash-checking mode: a changed file on the index fails the build."""
     text = (ROOT / lock).read_text()
@@ -55,3 +57,21 @@ def test_every_pin_carries_a_hash(lock: str) -> None:
 def test_debian_python_gets_the_backport_redis_needs() -> None:
     """Debian 12's Python is 3.11.2; redis-py needs async-timeout below 3.11.3."""
     assert "async-timeout" in pinned_versions()
+
+
+def test_the_tests_run_exactly_what_the_image_ships() -> None:
+    """scripts/test installs requirements-test.lock: every runtime pin must be the image's."""
+    shipped = pinned_versions()
+    tested = pinned_versions("requirements-test.lock")
+    assert shipped.keys() <= tested.keys()
+    assert {name: tested[name] for name in shipped} == shipped, "run scripts/lock"
+
+
+def test_every_test_dependency_is_pinned_within_its_range() -> None:
+    pins = pinned_versions("requirements-test.lock")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["optional-dependencies"]["test"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in requirements-test.lock: run scripts/lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True)
