@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 
 import orjson
 
@@ -14,6 +15,10 @@ from proxy.paths import unquote_segment
 from proxy.runs import canonical_run_id
 
 PURGE_PREFIX = b"/admin/cache/runs/"
+# Where a header value is cut into words to look for the admin token: at whitespace and the
+# separators of HTTP lists, then of cookies, `key=value` pairs and URLs, unless the token holds one.
+_LIST_SEPARATORS = bytes.maketrans(b",", b" ")
+_WORD_SEPARATORS = bytes.maketrans(b",;:=\"'&?/", b" " * 9)
 
 
 class Admin:
@@ -27,8 +32,10 @@ class Admin:
         self, method: str, raw_path: bytes, headers: list[Header]
     ) -> bytes | ProxyErrorReply:
         """The 200 body of a purge, or the error to answer instead."""
-        if not self._token or not raw_path.startswith(PURGE_PREFIX):  # exact spelling only
+        if not self._token:
             return errors.not_found()
+        if not raw_path.startswith(PURGE_PREFIX):  # exact spelling only
+            return errors.reserved_path()
         refused = self._refuse(headers)
         if refused is not None:
             return refused
@@ -54,3 +61,28 @@ class Admin:
         if not hmac.compare_digest(presented.strip(), self._token):
             return errors.ProxyErrorReply(403, "forbidden", "The bearer token is not valid.")
         return None
+
+
+def token_carrier(headers: Iterable[Header], token: bytes) -> bytes | None:
+    """The name of the first header that carries the admin `token`, or None.
+
+    A value carries it when the value, the value after an auth scheme (`Bearer <token>`), or
+    one of its words is the token. Every candidate of the token's length is compared in
+    constant time; an ordinary Lunary credential, never equal to the token, always passes.
+    """
+    size = len(token)
+    separators = (
+        _WORD_SEPARATORS if token.translate(_WORD_SEPARATORS) == token else _LIST_SEPARATORS
+    )
+    for name, value in headers:
+        if len(value) < size:
+            continue
+        for candidate in _candidates(value, separators):
+            if len(candidate) == size and hmac.compare_digest(candidate, token):
+                return name
+    return None
+
+
+def _candidates(value: bytes, separators: bytes) -> list[bytes]:
+    value = value.strip()
+    return [value, value.partition(b" ")[2].strip(), *value.translate(separators).split()]

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from config import Settings, load_settings
 from proxy import errors, logs
 from proxy.accesslog import Access, request_id
-from proxy.admin import Admin
+from proxy.admin import Admin, token_carrier
 from proxy.asgi import (
     ClientGone,
     Message,
@@ -29,7 +29,7 @@ from proxy.asgi import (
     send_streamed,
     send_whole,
 )
-from proxy.headers import not_utf8
+from proxy.headers import hop_by_hop_credential, not_utf8
 from proxy.invalidation import Invalidator
 from proxy.lifecycle import CachedReads, Coordination, ReadRequest
 from proxy.metrics import Metrics
@@ -246,9 +246,20 @@ class ProxyApp:
         if rejected is not None:
             await send_error(send, errors.bad_path(rejected.message))
             return
-        unsendable = not_utf8(scope["headers"])
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        unsendable = not_utf8(headers)
         if unsendable is not None:
             await send_error(send, errors.bad_header(unsendable))
+            return
+        # the scope is derived from the credentials Lunary gets: none may be dropped on the way
+        hop_credential = hop_by_hop_credential(headers)
+        if hop_credential is not None:
+            await send_error(send, errors.hop_by_hop_credential(hop_credential))
+            return
+        admin_token = self.settings.admin_token.get_secret_value().encode()
+        carrier = token_carrier(headers, admin_token) if admin_token else None
+        if carrier is not None:  # whatever the path, the admin token never goes upstream
+            await send_error(send, errors.admin_token_carried(carrier))
             return
         parts = self._parts
         if parts is None:

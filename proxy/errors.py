@@ -38,6 +38,36 @@ def bad_header(name: bytes) -> ProxyErrorReply:
     )
 
 
+def hop_by_hop_credential(name: bytes) -> ProxyErrorReply:
+    shown = name.decode("ascii")
+    return ProxyErrorReply(
+        400,
+        "bad_request",
+        f"The Connection header names {shown}: a credential must reach Lunary, so it may not "
+        "be a hop-by-hop header.",
+    )
+
+
+def admin_token_carried(name: bytes) -> ProxyErrorReply:
+    """Only the header's name is shown, never its value."""
+    shown = name.decode("ascii", "replace")
+    return ProxyErrorReply(
+        400,
+        "bad_request",
+        f"The {shown} header carries the proxy's admin token, which is never sent to Lunary: "
+        "it is accepted on DELETE /admin/cache/runs/{id} only.",
+    )
+
+
+def reserved_path() -> ProxyErrorReply:
+    return ProxyErrorReply(
+        404,
+        "not_found",
+        "This path is reserved for the proxy's own endpoints and never forwarded; the purge "
+        "route is spelled exactly /admin/cache/runs/{id}.",
+    )
+
+
 def upstream_unreachable() -> ProxyErrorReply:
     return ProxyErrorReply(502, "upstream_unreachable", "The Lunary API could not be reached.")
 

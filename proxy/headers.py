@@ -24,6 +24,10 @@ HOP_BY_HOP = frozenset(
 )
 
 
+# The headers Lunary takes a credential from, and the scope is derived from (proxy/scope.py).
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key"})
+
+
 def first_value(headers: Iterable[Header], name: bytes) -> bytes | None:
     """The first value of header `name` (lower case), or None."""
     return next((value for field, value in headers if field == name), None)
@@ -48,6 +52,22 @@ def not_utf8(headers: Sequence[Header]) -> bytes | None:
                 never_forwarded = HOP_BY_HOP | _connection_named(headers)
             if name not in never_forwarded:
                 return name
+    return None
+
+
+def hop_by_hop_credential(headers: Iterable[Header]) -> bytes | None:
+    """The credential header a `Connection` header names, or None.
+
+    A header named there is hop-by-hop, so it is dropped before Lunary: the request would be
+    scoped by a credential Lunary never saw, and the anonymous answer stored under it. A
+    credential is never meant for the proxy alone, so such a request is refused.
+    """
+    for name, value in headers:
+        if name == b"connection":
+            for token in value.split(b","):
+                named = token.strip().lower()
+                if named in CREDENTIAL_HEADERS:
+                    return named
     return None
 
 

@@ -86,8 +86,10 @@ def _cached_read(summary: str, body_schema: dict[str, Any], *, head: bool) -> di
                 "description": "The client's If-None-Match matches the ETag.",
                 "headers": {**CACHE_HEADERS, "ETag": _ref("headers", "ETag")},
             },
-            "400": answered("The path holds a dot segment, an encoded slash, a backslash or a "
-                            "control character; a header value is not UTF-8; or the request is "
+            "400": answered("The path holds a dot segment, an encoded slash, a backslash, a "
+                            "control character or a percent-encoding that is not UTF-8; a "
+                            "header value is not UTF-8; Connection names Authorization or "
+                            "X-API-Key; a header carries PROXY_ADMIN_TOKEN; or the request is "
                             "not valid HTTP/1.1.", _ref("schemas", "ProxyError")),
             "401": answered("Lunary refused the credential (never stored).",
                             _ref("schemas", "LunaryError")),

@@ -9,6 +9,7 @@ from proxy.headers import (
     end_to_end,
     first_forwarded_address,
     forwarded_for,
+    hop_by_hop_credential,
     if_none_match_hits,
     not_utf8,
     retry_after_seconds,
@@ -97,3 +98,23 @@ def test_only_forwarded_header_values_must_be_utf8() -> None:
     assert not_utf8([(b"authorization", b"Bearer k\xff")]) == b"authorization"
     assert not_utf8([(b"upgrade", b"\xff"), (b"x-a", b"ok")]) is None  # hop-by-hop
     assert not_utf8([(b"connection", b"x-private"), (b"x-private", b"\xfe")]) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        ([(b"connection", b"authorization")], b"authorization"),
+        ([(b"connection", b"keep-alive, X-API-Key")], b"x-api-key"),
+        ([(b"connection", b"close"), (b"connection", b" Authorization\t")], b"authorization"),
+        ([(b"connection", b"keep-alive, x-hop"), (b"authorization", b"Bearer k")], None),
+        ([(b"authorization", b"Bearer k"), (b"x-connection", b"authorization")], None),
+        ([(b"connection", b"authorization-x, xx-api-key")], None),
+    ],
+)
+def test_a_credential_named_in_connection_is_found(
+    headers: list[tuple[bytes, bytes]], named: bytes | None
+) -> None:
+    """end_to_end would drop it, so the scope would hold a credential Lunary never got."""
+    assert hop_by_hop_credential(headers) == named
+    if named is not None:
+        assert named not in dict(end_to_end([*headers, (named, b"Bearer k")]))

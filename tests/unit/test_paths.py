@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from proxy.model import CachedRoute, RouteKind
-from proxy.paths import check_path, match_cached_route, match_run_write, normalise_query
+from proxy.paths import (
+    check_path,
+    is_own_surface,
+    match_cached_route,
+    match_run_write,
+    normalise_query,
+)
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 
@@ -20,6 +26,8 @@ RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
         b"/v1/x%20y",
         b"/",
         b"/v1/runs/%7B" + RUN.encode() + b"%7D",
+        b"/v1/files/caf%C3%A9",  # a UTF-8 escape
+        b"/v1/files/%F0%9F%98%80%EF%BF%BE",  # four bytes; a noncharacter is still UTF-8
     ],
 )
 def test_acceptable_paths_pass(path: bytes) -> None:
@@ -45,6 +53,17 @@ def test_acceptable_paths_pass(path: bytes) -> None:
         (b"/v1/a\tb", "control character"),
         (b"/v1/a\x7fb", "control character"),
         (b"v1/runs", "must start"),
+        (b"/v1/runs/%c0%ae/x", "not valid UTF-8"),  # an overlong '.'
+        (b"/v1/runs/%C0%AE%C0%AE/admin", "not valid UTF-8"),
+        (b"/v1/runs/%e0%80%ae", "not valid UTF-8"),  # overlong, three bytes
+        (b"/v1/runs/%c0%af", "not valid UTF-8"),  # an overlong '/'
+        (b"/v1/runs/%ed%a0%80", "not valid UTF-8"),  # a surrogate
+        (b"/v1/runs/%f4%90%80%80", "not valid UTF-8"),  # past U+10FFFF
+        (b"/v1/runs/%c3", "not valid UTF-8"),  # cut short
+        (b"/v1/runs/%ff", "not valid UTF-8"),
+        (b"/v1/runs/%80", "not valid UTF-8"),
+        (b"/v1/runs/\xc3\xa9", "not ASCII"),  # raw UTF-8: uvicorn refuses it too
+        (b"/v1/runs/\x80", "not ASCII"),
     ],
 )
 def test_refused_paths_say_why(path: bytes, why: str) -> None:
@@ -77,6 +96,71 @@ def test_query_normalisation_sorts_raw_parameters() -> None:
     assert normalise_query(b"b=2&a=1") == normalise_query(b"a=1&b=2") == b"a=1&b=2"
     assert normalise_query(b"a=1&&b=%20") == b"a=1&b=%20"
     assert normalise_query(b"") == b""
+
+
+@pytest.mark.parametrize(
+    ("query", "normalised"),
+    [
+        (b"projectId=p2&projectId=p1", b"projectId=p2&projectId=p1"),
+        (b"b=2&projectId=p2&a=1&projectId=p1", b"a=1&b=2&projectId=p2&projectId=p1"),
+        (b"a=2&b&a", b"a=2&a&b"),  # a bare name is a name too
+        # one name to Lunary however spelled: its values keep their order
+        (b"projectId=b&project%49d=a", b"projectId=b&project%49d=a"),
+        (b"project%49d=a&projectId=b", b"project%49d=a&projectId=b"),
+        (b"a+b=2&a%20b=1&a=0", b"a=0&a+b=2&a%20b=1"),
+    ],
+)
+def test_repeated_parameters_keep_their_order(query: bytes, normalised: bytes) -> None:
+    assert normalise_query(query) == normalised
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/admin/cache/runs/" + RUN.encode(),
+        b"//admin/cache/runs/" + RUN.encode(),  # a base URL with a trailing slash
+        b"/admin;/cache/runs/" + RUN.encode(),
+        b"/admin;jsessionid=1/cache/runs/x",
+        b"/admin%3B/cache",
+        b"/ADMIN",
+        b"/Admin/",
+        b"/%61dmin/x",
+        b"/%2561dmin/x",  # decoded twice
+        b"/%252561dmin/x",  # three times
+        b"/x/..;/admin/cache",
+        b"/x/%2e%2e/admin",
+        b"/x/%252e%252e/admin",
+        b"/.//admin",
+        b"/x\\..\\admin",
+        b"\\admin",
+        b"/openapi.json",
+        b"/openapi.json/",
+        b"//OpenAPI.json",
+        b"/openapi.json;x",
+        b"/%6Fpenapi%2Ejson",
+    ],
+)
+def test_every_normalisation_of_the_own_surface_is_caught(path: bytes) -> None:
+    assert is_own_surface(path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/v1/runs/" + RUN.encode(),
+        b"/v1/admin",
+        b"/administrator",
+        b"/admins/x",
+        b"/v1/openapi.json",
+        b"/openapi.json/x",
+        b"/admin/..",
+        b"/%25252561dmin/x",  # past the decodings any server applies; Lunary decodes once
+        b"/",
+        b"",
+    ],
+)
+def test_other_paths_are_not_the_own_surface(path: bytes) -> None:
+    assert not is_own_surface(path)
 
 
 @pytest.mark.parametrize(

@@ -3,19 +3,22 @@
 Scopes: no two credential header pairs share one (SPEC section 3), under adversarial pairs built
 to collide a naive encoding. Run ids: every Postgres spelling of a UUID is one key, and nothing
 else is a run id (SPEC section 2). Paths: `check_path` accepts exactly what SPEC section 11
-accepts, judged by a reference predicate written from the SPEC text, not from the code.
+accepts, judged by a reference predicate written from the SPEC text, not from the code; any
+spelling of the own surface that a normaliser would read back is caught. Queries: two orders
+of the same parameters share an entry only when Lunary reads them alike.
 """
 
 from __future__ import annotations
 
 import uuid
-from urllib.parse import quote
+from collections import defaultdict
+from urllib.parse import parse_qsl, quote
 
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proxy.model import CachedRoute, RouteKind
-from proxy.paths import check_path, match_cached_route
+from proxy.paths import check_path, is_own_surface, match_cached_route, normalise_query
 from proxy.runs import canonical_run_id
 from proxy.scope import ANONYMOUS, ScopeHasher
 from tests.spec_paths import spec_accepts
@@ -232,7 +235,9 @@ PATH_ATOMS = [
     b"%zz", b"%%2e", b"%00", b"%0a", b"%0D", b"%1f", b"%7f", b"%7F", b"%20", b"%80", b"%c2%85",
     b"%7B", b"%7d", b"\x00", b"\x01", b"\t", b"\x1f", b"\x7f", b" ", b"\x80", b"\xc2\x85",
     b"\xff", b"\xc3\xa9", b";", b"=", b"~", b"v1", b"runs", b"related", b"count", b"admin",
-    b"a", b"A", b"0",
+    b"a", b"A", b"0", b"%c0%ae", b"%C0%AE", b"%c0", b"%ae", b"%e0%80%ae", b"%c0%af",
+    b"%ed%a0%80", b"%f4%90%80%80", b"%c3", b"%c3%a9", b"%C3%A9", b"%e2%9c%93",
+    b"%f0%9f%98%80", b"%ff", b"%fe",
 ]  # fmt: skip
 
 DOT_SPELLINGS = [b".", b"..", b"%2e", b"%2E", b"%2e%2e", b"%2E%2E", b"%2e.", b".%2E", b"%2E%2e"]
@@ -270,6 +275,13 @@ def raw_paths(draw: st.DrawFn) -> bytes:
 @example(b"/v1/..\\admin")
 @example(b"/v1/a%5c..%5cb")
 @example(b"/v1/a\\b")
+@example(b"/v1/runs/%c0%ae/x")  # an overlong '.'
+@example(b"/v1/runs/%c0%ae%c0%ae/admin")
+@example(b"/v1/%e0%80%ae")
+@example(b"/v1/%ed%a0%80")  # a surrogate
+@example(b"/v1/%c3")  # cut short
+@example(b"/v1/caf%c3%a9")  # valid UTF-8: accepted
+@example(b"/v1/caf\xc3\xa9")  # raw: not ASCII
 @example(b"v1/runs")
 @example(b"")
 @example(b"/")
@@ -280,3 +292,99 @@ def test_check_path_accepts_exactly_what_the_spec_accepts(raw_path: bytes) -> No
     assert (rejected is None) == spec_accepts(raw_path)
     if rejected is not None:
         assert rejected.message
+
+
+# -- the own surface -------------------------------------------------------------------------
+
+
+def _percent_encoded(draw: st.DrawFn, text: bytes) -> bytes:
+    """Some of `text`'s bytes percent-encoded, in either hex case."""
+    out = b""
+    for byte in text:
+        if draw(st.integers(0, 3)) == 0:
+            out += (b"%%%02x" if draw(st.booleans()) else b"%%%02X") % byte
+        else:
+            out += bytes([byte])
+    return out
+
+
+def _any_case(draw: st.DrawFn, byte: int) -> int:
+    return draw(st.sampled_from([byte, byte ^ 0x20])) if 0x61 <= byte <= 0x7A else byte
+
+
+@st.composite
+def own_surface_spellings(draw: st.DrawFn) -> bytes:
+    """`/admin/...` or `/openapi.json` undone by the normalisations a server may apply: case,
+    `;` parameters, extra and trailing slashes, backslashes, dot segments (`..;` too), and up
+    to three rounds of percent-encoding."""
+    own = draw(
+        st.sampled_from([[b"admin", b"cache", b"runs", b"x"], [b"admin"], [b"openapi.json"]])
+    )
+    segments = []
+    for name in own:
+        if draw(st.integers(0, 3)) == 0:
+            segments.append(draw(st.sampled_from([b"v1", b"x"])))
+            segments.append(draw(st.sampled_from([b"..", b"..;", b"..;x=1"])))
+        if draw(st.booleans()):
+            segments.append(draw(st.sampled_from([b"", b"."])))  # `//` or `/./`
+        segments.append(bytes(_any_case(draw, byte) for byte in name))
+        if draw(st.booleans()):
+            segments[-1] += draw(st.sampled_from([b";", b";jsessionid=1", b";a=b,c"]))
+    slash = draw(st.sampled_from([b"/", b"/", b"\\"]))
+    path = b"/" + slash.join(segments) + draw(st.sampled_from([b"", b"/", b"//"]))
+    for _ in range(draw(st.integers(0, 3))):
+        path = b"/" + _percent_encoded(draw, path[1:])
+    return path
+
+
+@given(own_surface_spellings())
+@example(b"//admin/cache/runs/x")
+@example(b"/admin;/cache/runs/x")
+@example(b"/x/..;/%2561dmin/")
+def test_every_normalisation_of_the_own_surface_stays_here(path: bytes) -> None:
+    assert is_own_surface(path)
+
+
+# -- query normalisation ---------------------------------------------------------------------
+
+QUERY_NAMES = [b"projectId", b"project%49d", b"proje%63tId", b"a", b"A", b"a+b", b"a%20b",
+               b"%ff", b"%fe", b"%c3%a9", b"%C3%A9", b"b%5B%5D", b"b[]"]  # fmt: skip
+parameters = st.tuples(
+    st.sampled_from(QUERY_NAMES), st.sampled_from([b"=1", b"=2", b"=", b"", b"=%31", b"=p+1"])
+).map(b"".join)
+
+
+def read_like_lunary(query: bytes) -> dict[str, list[str]]:
+    """What a server reads from a query: each decoded name with its values in order."""
+    read: dict[str, list[str]] = defaultdict(list)
+    for name, value in parse_qsl(query.decode("ascii"), keep_blank_values=True, errors="replace"):
+        read[name].append(value)
+    return dict(read)
+
+
+def parts_by_name(parameters: list[bytes]) -> dict[str, list[bytes]]:
+    """Each decoded name with its raw parameters in order."""
+    parts: dict[str, list[bytes]] = defaultdict(list)
+    for part in parameters:
+        (name, _), *_ = parse_qsl(part.decode("ascii"), keep_blank_values=True, errors="replace")
+        parts[name].append(part)
+    return dict(parts)
+
+
+@given(
+    st.lists(parameters, max_size=6).flatmap(lambda p: st.tuples(st.just(p), st.permutations(p)))
+)
+@example(([b"projectId=p1", b"projectId=p2"], [b"projectId=p2", b"projectId=p1"]))
+@example(([b"project%49d=a", b"projectId=b"], [b"projectId=b", b"project%49d=a"]))
+def test_two_orders_share_an_entry_only_when_read_alike(
+    orders: tuple[list[bytes], list[bytes]],
+) -> None:
+    first, second = (b"&".join(order) for order in orders)
+
+    same_entry = normalise_query(first) == normalise_query(second)
+
+    if same_entry:
+        assert read_like_lunary(first) == read_like_lunary(second)
+    first_parts, second_parts = (parts_by_name(order) for order in orders)
+    if first_parts == second_parts and all(name.isascii() for name in first_parts):
+        assert same_entry  # ASCII names: any order that moves only distinct names is one entry
