@@ -21,6 +21,9 @@ class ConfigError(Exception):
     """A configuration value is invalid; the message names the variable and the problem."""
 
 
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
 class Settings(BaseSettings):
     """Every tunable of the proxy. Names and defaults follow SPEC.md section 10."""
 
@@ -45,13 +48,20 @@ class Settings(BaseSettings):
     negative_ttl: Seconds = 5
     max_entry_bytes: Annotated[int, Field(ge=0)] = 1_048_576
     max_request_bytes: Annotated[int, Field(ge=0)] = 20_971_520
+    # passthrough bodies are read whole before going upstream (proxy/buffering.py): in memory
+    # up to this many bytes each, then spooled to a temporary file
+    request_buffer_bytes: Annotated[int, Field(ge=0)] = 1_048_576
+    # the bytes spooled at once by all requests together: past it a body gets 503
+    request_spool_bytes: Annotated[int, Field(ge=0)] = 536_870_912
     memory_max_entries: Annotated[int, Field(ge=1)] = 10_000
     scope_secret: SecretStr = SecretStr("")
     admin_token: SecretStr = SecretStr("")
     passthrough: bool = True
     upstream_timeout: PositiveSeconds = 10
     coalesce_timeout: PositiveSeconds | None = None
+    # the passthrough pool; cache fills have their own, so neither can starve the other
     upstream_max_connections: Annotated[int, Field(ge=1)] = 100
+    fill_max_connections: Annotated[int, Field(ge=1)] = 100
     # nginx's client_header_timeout, client_body_timeout and send_timeout (proxy/server.py)
     client_timeout: PositiveSeconds = 60
     workers: Annotated[int, Field(ge=1)] = 1
@@ -78,7 +88,19 @@ class Settings(BaseSettings):
             raise ValueError("has no host")
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment")
+        if parts.username is not None or parts.password is not None:
+            # the upstream client would send it as Basic auth on requests scoped anonymous
+            raise ValueError("must not carry a user or password: Lunary takes keys per request")
         return value.rstrip("/")
+
+    @field_validator("admin_token")
+    @classmethod
+    def _check_admin_token(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value()
+        if token and len(token) < MIN_ADMIN_TOKEN_LENGTH:
+            # a short token is guessable, and requests carrying it anywhere are refused
+            raise ValueError(f"must be at least {MIN_ADMIN_TOKEN_LENGTH} characters when set")
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -29,12 +29,13 @@ from proxy.asgi import (
     send_streamed,
     send_whole,
 )
+from proxy.buffering import BodyBuffer, RequestBody, RequestTooLarge, SpoolUnavailable
 from proxy.headers import hop_by_hop_credential, not_utf8
 from proxy.invalidation import Invalidator
 from proxy.lifecycle import CachedReads, Coordination, ReadRequest
 from proxy.metrics import Metrics
 from proxy.openapi import DOCUMENT_BYTES
-from proxy.passthrough import Passthrough, RequestTooLarge
+from proxy.passthrough import Passthrough
 from proxy.paths import check_path, is_own_surface, match_cached_route, match_run_write
 from proxy.policy import Lifetimes
 from proxy.ports import Store, StoreError, Upstream, UpstreamError
@@ -55,6 +56,13 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # bodies of Lunary events: their runIds (and parents) are dropped after a successful ingest
 INGEST_PATHS = frozenset({b"/v1/runs/ingest", b"/api/report", b"/v1/traces"})
 JSON = (b"content-type", errors.JSON_TYPE)
+# the request spool budget is spent (or the disk refused): a moment later it may not be
+BUFFER_FULL = errors.ProxyErrorReply(
+    503,
+    "request_buffer_full",
+    "Too many request bodies are being buffered at once; try again shortly.",
+    ((b"retry-after", b"1"),),
+)
 # how long start-up waits for the store's first connection (and a Cluster's slot map): a store
 # that is down refuses at once; this bounds one that does not answer at all
 STORE_CONNECT_BUDGET = 5.0
@@ -67,7 +75,7 @@ class Components:
     store: Store
     reads: CachedReads
     passthrough: Passthrough
-    upstream: Upstream
+    upstreams: tuple[Upstream, ...]
     tasks: TaskSet
     invalidator: Invalidator
     admin: Admin
@@ -133,7 +141,11 @@ class ProxyApp:
         notices = self._open_notices()
         listener = None if notices is None else asyncio.create_task(notices.run())
         store = await self._open_store(notices)
-        upstream = AiohttpUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
+        # two pools: passthrough (slow answers, large bodies) can never take the connections
+        # cache fills need, nor fills the passthrough's
+        fills = AiohttpUpstream(s.upstream_url, s.upstream_timeout, s.fill_max_connections)
+        forwards = AiohttpUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
+        bodies = BodyBuffer(s.max_request_bytes, s.request_buffer_bytes, s.request_spool_bytes)
         cooldowns = Cooldowns(store)
         lifetimes = Lifetimes(
             cache_ttl=s.cache_ttl,
@@ -148,7 +160,7 @@ class ProxyApp:
             coalesce_timeout=s.effective_coalesce_timeout,
         )
         reads = CachedReads(
-            store, upstream, self._hasher, lifetimes, self.metrics, tasks, cooldowns, coordination
+            store, fills, self._hasher, lifetimes, self.metrics, tasks, cooldowns, coordination
         )
         if notices is not None:  # writes through other replicas detach fills here too
             notices.on_invalidated = reads.forget_run
@@ -163,8 +175,8 @@ class ProxyApp:
         self._parts = Components(
             store=store,
             reads=reads,
-            passthrough=Passthrough(upstream, s.max_request_bytes, self.metrics, cooldowns),
-            upstream=upstream,
+            passthrough=Passthrough(forwards, bodies, self.metrics, cooldowns),
+            upstreams=(fills, forwards),
             tasks=tasks,
             invalidator=invalidator,
             admin=Admin(s.admin_token.get_secret_value(), invalidator),
@@ -190,7 +202,8 @@ class ProxyApp:
                 parts.listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await parts.listener
-            await parts.upstream.close()
+            for upstream in parts.upstreams:
+                await upstream.close()
             await parts.store.close()
             if parts.notices is not None:
                 await parts.notices.close()
@@ -308,29 +321,45 @@ class ProxyApp:
         if passthrough.declared_too_large(headers):
             await send_error(send, errors.request_too_large(self.settings.max_request_bytes))
             return
-        body = passthrough.limited(request_body(receive)) if has_body(headers) else None
-        # writes to a run drop its entries once the upstream accepted them (2xx)
-        written_run = match_run_write(raw_path) if method in WRITE_METHODS else None
-        captured: bytearray | None = None
-        if body is not None and method == "POST" and raw_path.lower().rstrip(b"/") in INGEST_PATHS:
-            captured = bytearray()
-            body = _captured(body, captured)
         try:
-            response = await passthrough.forward(
-                method,
-                raw_path,
-                scope.get("query_string", b""),
-                headers,
-                _client_host(scope),
-                body,
-            )
+            # whole before any upstream connection is taken: a slow or stalled upload holds
+            # its own socket and buffer, never a connection other clients need
+            body = await passthrough.buffered(request_body(receive)) if has_body(headers) else None
         except RequestTooLarge:
             await send_error(send, errors.request_too_large(self.settings.max_request_bytes))
             return
-        except RateLimited as limited:
-            await send_error(send, errors.rate_limited(limited.remaining))
+        except SpoolUnavailable:
+            await send_error(send, BUFFER_FULL)
             return
         except ClientGone:
+            return
+        try:
+            await self._forward(scope, send, raw_path, method, access, body)
+        finally:
+            if body is not None:
+                body.close()
+
+    async def _forward(
+        self,
+        scope: Scope,
+        send: Send,
+        raw_path: bytes,
+        method: str,
+        access: Access,
+        body: RequestBody | None,
+    ) -> None:
+        assert self._parts is not None
+        try:
+            response = await self._parts.passthrough.forward(
+                method,
+                raw_path,
+                scope.get("query_string", b""),
+                scope["headers"],
+                _client_host(scope),
+                body,
+            )
+        except RateLimited as limited:
+            await send_error(send, errors.rate_limited(limited.remaining))
             return
         except UpstreamError as exc:
             await send_error(send, errors.upstream_failure(exc))
@@ -338,12 +367,19 @@ class ProxyApp:
         access.upstream_status = response.status
         if 200 <= response.status < 300:
             # before the client hears back, so a read right after its write sees the write
-            invalidator = self._parts.invalidator
+            await self._invalidate(method, raw_path, body)
+        await _relay(send, response.status, response.headers, b"", response.chunks, response.aclose)
+
+    async def _invalidate(self, method: str, raw_path: bytes, body: RequestBody | None) -> None:
+        """Drop the runs a request the upstream accepted wrote: its path's, or its events'."""
+        assert self._parts is not None
+        invalidator = self._parts.invalidator
+        if method in WRITE_METHODS:
+            written_run = match_run_write(raw_path)
             if written_run is not None:
                 await invalidator.run(written_run, "write")
-            if captured is not None:
-                await invalidator.ingest(bytes(captured))
-        await _relay(send, response.status, response.headers, b"", response.chunks, response.aclose)
+        if body is not None and method == "POST" and raw_path.lower().rstrip(b"/") in INGEST_PATHS:
+            await invalidator.ingest(body.whole())
 
     async def _admin(
         self, raw_path: bytes, method: str, headers: list[tuple[bytes, bytes]], send: Send
@@ -392,13 +428,6 @@ def _client_host(scope: Scope) -> str | None:
     """The socket peer's address (never a client-sent header: see SPEC section 2)."""
     client = scope.get("client")
     return client[0] if client else None
-
-
-async def _captured(chunks: AsyncIterator[bytes], into: bytearray) -> AsyncIterator[bytes]:
-    """Pass the body on while keeping a copy (bounded by the request size limit upstream)."""
-    async for chunk in chunks:
-        into += chunk
-        yield chunk
 
 
 async def _relay(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+from proxy.buffering import BodyBuffer, RequestBody
 from proxy.headers import Header, end_to_end, first_forwarded_address, forwarded_for
 from proxy.metrics import Metrics
 from proxy.ports import (
@@ -16,22 +17,20 @@ from proxy.ports import (
 from proxy.ratelimit import Cooldowns, RateLimited
 
 # Host is the upstream's; the X-Forwarded-For chain is rebuilt with the client's address; the
-# body is streamed up as it arrives, so `Expect: 100-continue` is not relayed.
+# body is read whole before it goes up (the client had its `100 Continue` then), so `Expect` is
+# not relayed, and it goes up with its own length, never chunked as the client may have sent it.
 PASS_DROP = frozenset({b"host", b"x-forwarded-for", b"expect"})
-
-
-class RequestTooLarge(Exception):
-    """The request body exceeds PROXY_MAX_REQUEST_BYTES."""
+BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 
 
 class Passthrough:
     """Forwards one request upstream unchanged but for hop-by-hop headers and X-Forwarded-For."""
 
     def __init__(
-        self, upstream: Upstream, max_request_bytes: int, metrics: Metrics, cooldowns: Cooldowns
+        self, upstream: Upstream, bodies: BodyBuffer, metrics: Metrics, cooldowns: Cooldowns
     ) -> None:
         self._upstream = upstream
-        self._max_request_bytes = max_request_bytes
+        self._bodies = bodies
         self._metrics = metrics
         self._cooldowns = cooldowns
 
@@ -39,8 +38,12 @@ class Passthrough:
         """True when Content-Length alone shows the body is over the limit (answer 413 at once)."""
         for name, value in headers:
             if name == b"content-length":
-                return value.strip().isdigit() and int(value) > self._max_request_bytes
+                return value.strip().isdigit() and int(value) > self._bodies.max_bytes
         return False
+
+    async def buffered(self, chunks: AsyncIterator[bytes]) -> RequestBody:
+        """The whole body, read before any upstream connection is taken (see proxy.buffering)."""
+        return await self._bodies.read(chunks)
 
     async def forward(
         self,
@@ -49,9 +52,11 @@ class Passthrough:
         query_string: bytes,
         headers: list[Header],
         client_host: str | None,
-        body: AsyncIterator[bytes] | None,
+        body: RequestBody | None,
     ) -> StreamedResponse:
-        outgoing = end_to_end(headers, PASS_DROP)
+        outgoing = end_to_end(headers, PASS_DROP if body is None else PASS_DROP | BODY_FRAMING)
+        if body is not None:
+            outgoing.append((b"content-length", b"%d" % body.size))
         chain = forwarded_for([v for n, v in headers if n == b"x-forwarded-for"], client_host)
         if chain is not None:
             outgoing.append((b"x-forwarded-for", chain))
@@ -63,11 +68,12 @@ class Passthrough:
             raise
         started = time.perf_counter()
         try:
+            chunks = None if body is None else body.chunks()
             response = await self._upstream.stream(
-                UpstreamRequest(method, raw_path, query_string, outgoing, body)
+                UpstreamRequest(method, raw_path, query_string, outgoing, chunks)
             )
         except Exception as exc:
-            # a body cut short (too large, client gone) is counted too, as "aborted"
+            # anything else that stopped the request (the spool file failing) is "aborted"
             label = exc.label if isinstance(exc, UpstreamError) else "aborted"
             self._metrics.upstream("passthrough", label, time.perf_counter() - started)
             raise
@@ -75,15 +81,3 @@ class Passthrough:
         if await self._cooldowns.learn(response.status, response.headers, bucket, now):
             self._metrics.cooldown_started()
         return response
-
-    def limited(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        return _limited(chunks, self._max_request_bytes)
-
-
-async def _limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    received = 0
-    async for chunk in chunks:
-        received += len(chunk)
-        if received > limit:
-            raise RequestTooLarge
-        yield chunk

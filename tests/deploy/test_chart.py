@@ -177,7 +177,7 @@ def test_a_settings_change_rolls_the_pods() -> None:
     assert annotations() == before  # stable: a no-op upgrade rolls nothing
     changed_settings = annotations("settings.PROXY_CACHE_TTL=30")
     assert changed_settings["checksum/config"] != before["checksum/config"]
-    changed_secret = annotations("secret.adminToken=t0ken")
+    changed_secret = annotations("secret.adminToken=t0ken-t0ken-t0ken")
     assert changed_secret["checksum/secret"] != before["checksum/secret"]
 
 
@@ -194,9 +194,9 @@ def test_autoscaling_owns_the_replica_count() -> None:
 
 def test_the_secret_checksum_does_not_expose_a_weak_token() -> None:
     """The checksum covers the rendered Secret, salted by its scope secret, not the bare values."""
-    rendered = render(sets=("secret.adminToken=hunter2",))
+    rendered = render(sets=("secret.adminToken=hunter2-hunter2-hunter2",))
     checksum = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
-    bare = hashlib.sha256(json.dumps({"adminToken": "hunter2"}).encode()).hexdigest()
+    bare = hashlib.sha256(json.dumps({"adminToken": "hunter2-hunter2-hunter2"}).encode()).hexdigest()
     assert checksum["checksum/secret"] != bare
     assert "hunter2" not in json.dumps(checksum)
 
@@ -366,6 +366,7 @@ def test_an_image_digest_wins_over_the_tag() -> None:
         ("podDisruptionBudget.maxUnavailable=banana", "maxUnavailable"),
         ("networkPolicy.enabled=true,networkPolicy.egressPorts=null", "egressPorts"),
         ("autoscaling.minReplicas=8", "minReplicas"),
+        ("secret.adminToken=short", "adminToken"),  # the proxy refuses under 16 characters
     ],
 )
 def test_the_schema_rejects_bad_values(assignment: str, complaint: str) -> None:
@@ -404,3 +405,14 @@ def test_the_sidecar_example_points_the_app_at_localhost() -> None:
     proxy_env = {variable["name"] for variable in proxy["env"]}
     assert proxy_env <= ALL_SETTINGS
     assert "PROXY_SCOPE_SECRET" in proxy_env
+
+
+def test_the_sidecar_example_gives_the_proxy_a_writable_spool() -> None:
+    """The root filesystem is read-only; bodies over PROXY_REQUEST_BUFFER_BYTES go to /tmp."""
+    documents = list(yaml.safe_load_all((ROOT / "examples/sidecar.yaml").read_text()))
+    (deployment,) = [doc for doc in documents if doc["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (proxy,) = pod["initContainers"]
+    (mount,) = [m for m in proxy["volumeMounts"] if m["mountPath"] == "/tmp"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume

@@ -146,7 +146,7 @@ def test_admin_purge(
 ) -> None:
     caplog.set_level("DEBUG")
     extra = {"redis_url": request.getfixturevalue("redis_url")} if store == "redis" else {}
-    proxy = make_proxy(admin_token="s3cret-admin", **extra)
+    proxy = make_proxy(admin_token="s3cret-admin-token-0002", **extra)
     keys = [fake.add_key(), fake.add_key()]
     run = fake.add_run()
     warm(proxy, run, keys)
@@ -154,13 +154,13 @@ def test_admin_purge(
 
     missing = proxy.client.delete(path)
     wrong = proxy.client.delete(path, headers={"Authorization": "Bearer nope"})
-    basic = proxy.client.delete(path, headers={"Authorization": "Basic s3cret-admin"})
-    get = proxy.get(path, headers={"Authorization": "Bearer s3cret-admin"})
+    basic = proxy.client.delete(path, headers={"Authorization": "Basic s3cret-admin-token-0002"})
+    get = proxy.get(path, headers={"Authorization": "Bearer s3cret-admin-token-0002"})
     not_uuid = proxy.client.delete(
-        "/admin/cache/runs/abc", headers={"Authorization": "Bearer s3cret-admin"}
+        "/admin/cache/runs/abc", headers={"Authorization": "Bearer s3cret-admin-token-0002"}
     )
     still = cached(proxy, run, keys)
-    purged = proxy.client.delete(path, headers={"Authorization": "Bearer s3cret-admin"})
+    purged = proxy.client.delete(path, headers={"Authorization": "Bearer s3cret-admin-token-0002"})
 
     assert missing.status_code == 401
     assert missing.json()["error"] == "unauthorized"
@@ -191,14 +191,16 @@ def test_admin_is_off_without_a_token(proxy: RunningProxy, fake: FakeLunary) -> 
 def test_invalidation_is_one_generation_bump_however_many_scopes(
     make_proxy: ProxyFactory, fake: FakeLunary, redis_url: str, redis_server: RedisServer
 ) -> None:
-    proxy = make_proxy(redis_url=redis_url, admin_token="t")
+    proxy = make_proxy(redis_url=redis_url, admin_token="test-admin-token-0001")
     keys = [fake.add_key() for _ in range(12)]
     run = fake.add_run()
     warm(proxy, run, keys)
     client = redis_server.client()
     client.config_resetstat()
 
-    proxy.client.delete(f"/admin/cache/runs/{run}", headers={"Authorization": "Bearer t"})
+    proxy.client.delete(
+        f"/admin/cache/runs/{run}", headers={"Authorization": "Bearer test-admin-token-0001"}
+    )
 
     stats = client.info("commandstats")
     assert "cmdstat_scan" not in stats

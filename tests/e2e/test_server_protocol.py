@@ -124,34 +124,34 @@ def test_a_pipelined_head_over_the_bound_is_never_served(
     assert answer.count(b"HTTP/1.1 200") <= 1
 
 
-async def test_a_client_waiting_for_100_continue_is_not_cut_while_the_proxy_waits(
+async def test_a_client_waiting_for_100_continue_is_asked_at_once_and_not_cut_while_the_proxy_waits(
     make_proxy: ProxyFactory, fake: FakeLunary
 ) -> None:
-    # one upstream connection, held 2.5 s by a slow fill: the upload waits for it longer than
-    # the client timeout, and its client rightly sends nothing before `100 Continue`
+    # one passthrough connection, held 2.5 s by a slow answer: the upload waits for it longer
+    # than the client timeout, and its client rightly sends nothing before `100 Continue`
     proxy = make_proxy(client_timeout=1, upstream_max_connections=1, upstream_timeout=5)
-    key, run = fake.add_key(), fake.add_run()
-    fake.read_latency = 2.5
+    fake.latency = 2.5
     async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
-        fill = asyncio.create_task(client.get(f"/v1/runs/{run}", headers={"X-API-Key": key}))
-        await asyncio.sleep(0.3)
-        while not fake.in_flight:  # the fill holds the one upstream connection
-            assert not fill.done(), "the fill ended before the upload was sent"
+        held = asyncio.create_task(client.get("/v1/template_versions/latest"))
+        while not fake.in_flight:  # the slow answer holds the one passthrough connection
+            assert not held.done(), "the slow answer ended before the upload was sent"
             await asyncio.sleep(0.05)
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
         writer.write(
             b"POST /echo HTTP/1.1\r\nHost: p\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
         )
         interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 8)
-        # `100 Continue` asks for the body only once the upload can go upstream: after the fill
-        # gave the one connection back, so the client did wait out the client timeout for it
+        # `100 Continue` asks for the body at once: it is read whole before any upstream
+        # connection is taken, so while the one connection is still busy
         upstream_busy_at_interim = fake.in_flight
+        fake.latency = 0  # for the upload (the slow answer already sleeps)
         writer.write(b"hello")
         final = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 8)
         writer.close()
-        filled = await fill
+        slow = await held
 
     assert interim.startswith(b"HTTP/1.1 100 ")
-    assert upstream_busy_at_interim == 0
+    assert upstream_busy_at_interim == 1
+    # then it waited for the connection, longer than the client timeout, without being cut
     assert final.startswith(b"HTTP/1.1 201 ")
-    assert filled.status_code == 200
+    assert slow.status_code == 200

@@ -36,7 +36,9 @@ def test_cluster_store_caches_and_invalidates_in_one_slot(
     redis_cluster_url: str,
     redis_cluster_servers: RedisClusterServers,
 ) -> None:
-    proxy = make_proxy(redis_url=redis_cluster_url, redis_cluster=True, admin_token="t")
+    proxy = make_proxy(
+        redis_url=redis_cluster_url, redis_cluster=True, admin_token="test-admin-token-0001"
+    )
     keys = [fake.add_key(), fake.add_key()]
     run = fake.add_run()
 
@@ -45,7 +47,9 @@ def test_cluster_store_caches_and_invalidates_in_one_slot(
         k for node in redis_cluster_servers.nodes for k in node.client().scan_iter(f"*{run}*")
     ]
     slots = {redis_cluster_servers.nodes[0].client().cluster("keyslot", k) for k in stored}
-    purged = proxy.client.delete(f"/admin/cache/runs/{run}", headers={"Authorization": "Bearer t"})
+    purged = proxy.client.delete(
+        f"/admin/cache/runs/{run}", headers={"Authorization": "Bearer test-admin-token-0001"}
+    )
 
     assert len(stored) == 4
     assert len(slots) == 1
@@ -72,13 +76,15 @@ def test_sentinel_store_finds_the_master_and_invalidates(
     make_proxy: ProxyFactory, fake: FakeLunary, redis_sentinel: RedisSentinelServers
 ) -> None:
     redis_sentinel.master.client().flushall()
-    proxy = make_proxy(redis_url=redis_sentinel.url, admin_token="t")
+    proxy = make_proxy(redis_url=redis_sentinel.url, admin_token="test-admin-token-0001")
     keys = [fake.add_key(), fake.add_key()]
     run = fake.add_run()
 
     warm(proxy, run, keys)
     on_master = list(redis_sentinel.master.client().scan_iter(f"*{run}*"))
-    purged = proxy.client.delete(f"/admin/cache/runs/{run}", headers={"Authorization": "Bearer t"})
+    purged = proxy.client.delete(
+        f"/admin/cache/runs/{run}", headers={"Authorization": "Bearer test-admin-token-0001"}
+    )
 
     assert len(on_master) == 4
     assert purged.status_code == 200

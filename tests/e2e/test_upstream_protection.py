@@ -84,7 +84,7 @@ def test_retry_after_as_an_http_date_is_honoured(
 async def test_concurrent_upstream_requests_are_bounded(
     make_proxy: ProxyFactory, fake: FakeLunary
 ) -> None:
-    proxy = make_proxy(upstream_max_connections=3)
+    proxy = make_proxy(fill_max_connections=3)  # passthrough: test_slow_uploads.py
     key = fake.add_key()
     runs = [fake.add_run() for _ in range(12)]
     fake.latency = 0.2

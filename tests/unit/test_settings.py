@@ -61,6 +61,8 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
         ("PROXY_REDIS_URL", "memcached://x", "unknown scheme"),
         ("PROXY_UPSTREAM_TIMEOUT", "0", "greater than 0"),
         ("PROXY_PASSTHROUGH", "maybe", "boolean"),
+        ("PROXY_UPSTREAM_URL", "https://user:pw@api.lunary.ai", "must not carry a user"),
+        ("PROXY_ADMIN_TOKEN", "short-token", "at least 16 characters"),
     ],
 )
 def test_bad_values_name_the_variable(
@@ -79,14 +81,16 @@ def test_bad_values_name_the_variable(
 
 def test_secrets_are_not_shown_in_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROXY_SCOPE_SECRET", "hunter2")
-    monkeypatch.setenv("PROXY_ADMIN_TOKEN", "tok")
+    monkeypatch.setenv("PROXY_ADMIN_TOKEN", "admin-token-hunter3")
     monkeypatch.setenv("PROXY_PORT", "nope")
 
     with pytest.raises(ConfigError) as raised:
         load_settings()
 
     assert "hunter2" not in str(raised.value)
+    assert "hunter3" not in str(raised.value)
     assert "hunter2" not in repr(Settings(port=1))
+    assert "hunter3" not in repr(Settings(port=1))
 
 
 def test_sentinel_urls(monkeypatch: pytest.MonkeyPatch) -> None:
