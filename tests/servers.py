@@ -393,15 +393,22 @@ class RedisClusterServers:
 
 
 class RedisSentinelServers:
-    """A master, a replica and one sentinel watching them, all on loopback."""
+    """A master, a replica and one sentinel watching them, all on loopback.
+
+    The sentinel declares the master down after `down_after_ms` without an answer, and with
+    `failover_timeout_ms` a test can kill the master (kill_master) and wait for the replica's
+    promotion (wait_for_promotion) within a few seconds.
+    """
 
     SERVICE = "lcp-master"
 
-    def __init__(self) -> None:
+    def __init__(self, down_after_ms: int = 5000, failover_timeout_ms: int | None = None) -> None:
         self.master = RedisServer()
         self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.master.port))
         self.sentinel_port = free_port()
         self.url = f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.SERVICE}/0"
+        self._down_after_ms = down_after_ms
+        self._failover_timeout_ms = failover_timeout_ms
         self._dir = tempfile.mkdtemp(prefix="lcp-sentinel-")
         self._sentinel: subprocess.Popen[bytes] | None = None
 
@@ -413,8 +420,10 @@ class RedisSentinelServers:
             f.write(
                 f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self._dir}\n"
                 f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.master.port} 1\n"
-                f"sentinel down-after-milliseconds {self.SERVICE} 5000\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self._down_after_ms}\n"
             )
+            if self._failover_timeout_ms is not None:
+                f.write(f"sentinel failover-timeout {self.SERVICE} {self._failover_timeout_ms}\n")
         self._sentinel = subprocess.Popen(
             [redis_binary(), conf, "--sentinel"],
             stdout=subprocess.DEVNULL,
@@ -437,3 +446,154 @@ class RedisSentinelServers:
         self.replica.close()
         self.master.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def sentinel_client(self) -> redis.Redis:
+        return redis.Redis(port=self.sentinel_port, host="127.0.0.1", socket_timeout=2)
+
+    def master_node(self) -> RedisServer:
+        """The node the sentinel names as the master now."""
+        address = self.sentinel_client().sentinel_get_master_addr_by_name(self.SERVICE)
+        assert isinstance(address, tuple), address
+        return next(node for node in (self.master, self.replica) if node.port == int(address[1]))
+
+    def wait_for_replica(self, within: float = 15.0) -> None:
+        """Until the sentinel knows a healthy replica (a failover needs one to promote) and the
+        replica holds everything the master wrote so far."""
+        deadline = time.monotonic() + within
+        while True:
+            with contextlib.suppress(redis.RedisError):
+                replicas = self.sentinel_client().sentinel_slaves(self.SERVICE)
+                healthy = [r for r in replicas if r.get("master-link-status") == "ok"
+                           and not r.get("is_sdown") and not r.get("is_disconnected")]  # fmt: skip
+                if healthy and self.master_node().client().wait(1, 1000) >= 1:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sentinel knows no healthy replica")
+            time.sleep(0.1)
+
+    def kill_master(self) -> RedisServer:
+        """SIGKILL the node that is the master now; returns it."""
+        node = self.master_node()
+        node.stop()
+        return node
+
+    def wait_for_promotion(self, old: RedisServer, within: float = 20.0) -> RedisServer:
+        """The node the sentinel promoted in `old`'s place, once it says it is a master."""
+        deadline = time.monotonic() + within
+        while True:
+            with contextlib.suppress(redis.RedisError):
+                node = self.master_node()
+                if node is not old and node.client().info("replication")["role"] == "master":
+                    return node
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica was promoted within {within} s")
+            time.sleep(0.05)
+
+
+def answer_tag(method: str, target: str, authorization: str, api_key: str) -> str:
+    """What InjectingUpstream writes as `answers` in the body it sends back for a request."""
+    import hashlib
+
+    named = "\n".join((method, target, authorization, api_key)).encode()
+    return hashlib.sha256(named).hexdigest()[:16]
+
+
+def _json_answer(tag: str, run_id: str) -> bytes:
+    # a settled run, so the proxy caches it: a misdelivered answer would be stored and re-served
+    body = (
+        f'{{"id":"{run_id}","type":"llm","status":"success",'
+        f'"endedAt":"2026-11-01T10:00:03.250Z","answers":"{tag}"}}'
+    ).encode()
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    return head.encode() + b"\r\n\r\n" + body
+
+
+class _InjectingConnection(asyncio.Protocol):
+    """One upstream connection: answers each request, then injects on it once it goes idle."""
+
+    def __init__(self, owner: InjectingUpstream) -> None:
+        self._owner = owner
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+        self._idle_since: object | None = None  # a token per answer, dropped by any byte read
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._owner.open.add(transport)
+        self._owner.connections += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._owner.open.discard(self._transport)
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._idle_since = None
+        self._buffer += data
+        while b"\r\n\r\n" in self._buffer:  # GETs only: no request body to wait for
+            head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
+            self._answer(head.decode("latin-1"))
+
+    def _answer(self, head: str) -> None:
+        request_line, *lines = head.split("\r\n")
+        method, target, _ = request_line.split(" ", 2)
+        fields = dict(line.split(":", 1) for line in lines)
+        headers = {name.strip().lower(): value.strip() for name, value in fields.items()}
+        tag = answer_tag(
+            method, target, headers.get("authorization", ""), headers.get("x-api-key", "")
+        )
+        assert self._transport is not None
+        self._transport.write(_json_answer(tag, target.rsplit("/", 1)[-1]))
+        self._owner.answers += 1
+        token = self._idle_since = object()
+        asyncio.get_running_loop().call_later(self._owner.delay, self._inject, token)
+
+    def _inject(self, token: object) -> None:
+        # only on a connection that stayed idle since the answer: one with a request in flight
+        # cannot tell an injected answer from the real one (HTTP/1.1 has no request ids)
+        if self._transport is None or self._idle_since is not token:
+            return
+        self._transport.write(_json_answer(f"poison-{self._owner.injections + 1}", "poison"))
+        self._owner.injections += 1
+
+
+class InjectingUpstream:
+    """A hostile HTTP/1.1 upstream on loopback, in its own thread: it answers each request with
+    a settled run whose `answers` names the request (answer_tag), and `delay` seconds after an
+    answer writes one more complete 200 (`answers` "poison-N") on the then idle connection."""
+
+    def __init__(self, delay: float = 0.3) -> None:
+        self.delay = delay
+        self.answers = 0
+        self.injections = 0
+        self.connections = 0
+        self.open: set[asyncio.Transport] = set()
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        server = await self._loop.create_server(lambda: _InjectingConnection(self), "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        self._ready.set()
+        async with server:
+            await self._stopped
+            server.close()
+            for transport in list(self.open):
+                transport.close()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the injecting upstream did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set_result, None)
+        self._thread.join(timeout=10)
