@@ -8,11 +8,18 @@ A store that refuses writes (StoreRefused: out of memory under `noeviction`) is 
 but for a few seconds writes are not even tried (memory pressure does not pass in a second),
 and `writes_refused` tells the reads not to serve stale entries while refreshing them in the
 background, since no refresh could be stored.
+
+An invalidation the store missed (it was down, or between masters in a failover) is owed to it:
+the store may come back still holding the run's entries (a promoted replica, a healed
+partition), so before it is used again the owed invalidations are sent, and until they land the
+breaker stays open. Other replicas cannot know of them, so they may serve such an entry until
+this one's next probe (the breaker's interval, while it has traffic).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +32,8 @@ from proxy.ports import ForeignValue, Store, StoreError, StoreRefused, StoreUnav
 
 T = TypeVar("T")
 log = logging.getLogger("proxy.store")
+MAX_OWED = 10_000  # runs whose missed invalidation is kept to send; past it the oldest are lost
+SEND_AT_ONCE = 64  # owed invalidations in flight together (the Redis pool's size)
 
 
 class GuardedStore:
@@ -46,6 +55,10 @@ class GuardedStore:
         self._probing = False
         self._refuse_writes_for = refuse_writes_for
         self._refusing_until: float | None = None
+        # run -> (keep_for, a number no other miss gets), oldest first
+        self._owed: dict[str, tuple[float, int]] = {}
+        self._misses = itertools.count()
+        self._owed_overflowed = False
 
     @property
     def is_open(self) -> bool:
@@ -70,7 +83,15 @@ class GuardedStore:
 
     async def invalidate_run(self, run_id: str, keep_for: float) -> int:
         # attempted even with the breaker open: a missed invalidation would serve stale data
-        return await self._measure("invalidate", self._inner.invalidate_run(run_id, keep_for))
+        owed = self._owed.get(run_id)
+        try:
+            dropped = await self._invalidate(run_id, keep_for)
+        except StoreError as exc:
+            if not isinstance(exc, StoreRefused | ForeignValue):  # a store that is up said no
+                self._owe(run_id, keep_for)
+            raise
+        self._paid(run_id, owed)
+        return dropped
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         self._check_writes()
@@ -96,7 +117,9 @@ class GuardedStore:
         await self._call("cooldown_write", lambda: self._inner.start_cooldown(bucket, until, ttl))
 
     async def ping(self) -> None:
-        """Always asks the store itself (readiness must tell the truth) and closes on success."""
+        """Always asks the store itself (readiness must tell the truth) and closes on success,
+        once the invalidations it missed were sent."""
+        await self._send_owed()
         await self._measure("ping", self._inner.ping())
         self._close_breaker()
 
@@ -104,18 +127,68 @@ class GuardedStore:
         await self._inner.close()
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
-        probe = False
-        if self._open_until is not None:
-            if self._probing or self._clock() < self._open_until:
-                raise StoreUnavailable("store breaker is open")
-            self._probing = probe = True
+        probe = self._probe()
         try:
+            if probe:
+                await self._send_owed()
             result = await self._measure(operation, call())
         finally:
             if probe:
                 self._probing = False
         self._close_breaker()
         return result
+
+    def _probe(self) -> bool:
+        """Whether this call probes the store (False: it just uses it); StoreUnavailable when it
+        must skip it. An open breaker, or invalidations owed, let one call at a time through."""
+        if self._open_until is None and not self._owed:
+            return False
+        if self._probing or (self._open_until is not None and self._clock() < self._open_until):
+            raise StoreUnavailable("store breaker is open")
+        self._probing = True
+        return True
+
+    async def _invalidate(self, run_id: str, keep_for: float) -> int:
+        return await self._measure("invalidate", self._inner.invalidate_run(run_id, keep_for))
+
+    def _owe(self, run_id: str, keep_for: float) -> None:
+        self._owed.pop(run_id, None)  # to the end: the newest
+        self._owed[run_id] = (keep_for, next(self._misses))
+        if len(self._owed) > MAX_OWED:
+            del self._owed[next(iter(self._owed))]
+            if not self._owed_overflowed:
+                self._owed_overflowed = True
+                log.warning(
+                    "too many invalidations missed while the store was away: the oldest "
+                    "runs' entries will live until their TTL"
+                )
+
+    def _paid(self, run_id: str, owed: tuple[float, int] | None) -> None:
+        """An invalidation of `run_id` landed: it covers the miss `owed` it was sent for, or
+        that was noted before it was sent, not one noted since."""
+        if self._owed.get(run_id) == owed:
+            self._owed.pop(run_id, None)
+
+    async def _send_owed(self) -> None:
+        """Send the invalidations the store missed; a StoreError if one fails (the rest stay
+        owed, and the breaker open)."""
+        if not self._owed:
+            return
+        count = len(self._owed)
+        while self._owed:
+            batch = list(itertools.islice(self._owed.items(), SEND_AT_ONCE))
+            results = await asyncio.gather(
+                *(self._invalidate(run_id, keep_for) for run_id, (keep_for, _) in batch),
+                return_exceptions=True,
+            )
+            for (run_id, owed), result in zip(batch, results, strict=True):
+                if not isinstance(result, BaseException):
+                    self._paid(run_id, owed)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        self._owed_overflowed = False
+        log.info("sent the invalidations the store missed", extra={"runs": count})
 
     async def _measure(self, operation: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -158,7 +231,7 @@ class GuardedStore:
         self._open_until = self._clock() + self._open_for
 
     def _close_breaker(self) -> None:
-        if self._open_until is not None:
+        if self._open_until is not None and not self._owed:
             self._open_until = None
             log.info("store answers again, caching resumes")
             self._metrics.breaker_open(False)
