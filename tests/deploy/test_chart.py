@@ -194,9 +194,10 @@ def test_autoscaling_owns_the_replica_count() -> None:
 
 def test_the_secret_checksum_does_not_expose_a_weak_token() -> None:
     """The checksum covers the rendered Secret, salted by its scope secret, not the bare values."""
-    rendered = render(sets=("secret.adminToken=hunter2-hunter2-hunter2",))
+    token = "hunter2-hunter2-hunter2"
+    rendered = render(sets=(f"secret.adminToken={token}",))
     checksum = rendered.one("Deployment")["spec"]["template"]["metadata"]["annotations"]
-    bare = hashlib.sha256(json.dumps({"adminToken": "hunter2-hunter2-hunter2"}).encode()).hexdigest()
+    bare = hashlib.sha256(json.dumps({"adminToken": token}).encode()).hexdigest()
     assert checksum["checksum/secret"] != bare
     assert "hunter2" not in json.dumps(checksum)
 

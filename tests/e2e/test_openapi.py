@@ -75,9 +75,9 @@ def test_schemathesis_finds_the_proxy_true_to_its_document(
         # (as a bearer token or X-API-Key), the admin token on the purge route
         f'[auth.openapi.LunaryBearer]\nbearer = "{key}"\n'
         f'[auth.openapi.LunaryApiKey]\napi_key = "{key}"\n'
-        '[auth.openapi.AdminBearer]\nbearer = "admin-token"\n'
+        '[auth.openapi.AdminBearer]\nbearer = "openapi-admin-token"\n'
     )
-    proxy = make_proxy(redis_url=redis_url, passthrough=False, admin_token="admin-token")
+    proxy = make_proxy(redis_url=redis_url, passthrough=False, admin_token="openapi-admin-token")
 
     result = subprocess.run(
         [
