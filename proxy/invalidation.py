@@ -1,18 +1,20 @@
-"""Dropping a run's cached entries after writes, ingests and admin purges."""
+"""Dropping a run's cached entries after writes, ingests and admin purges; and, after a write it
+cannot read, the fail-safe cut (proxy/cuts.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
-import orjson
-
+from proxy.cuts import Cuts
+from proxy.ingest import IngestReader, Unreadable, UnreadableBody
 from proxy.metrics import Metrics
 from proxy.ports import Store, StoreError
-from proxy.runs import ingest_targets
 
 log = logging.getLogger("proxy.invalidation")
+UNREADABLE_LOG_EVERY = 60.0  # seconds between warnings about unreadable ingest bodies
 
 
 class Invalidator:
@@ -23,11 +25,22 @@ class Invalidator:
         store: Store,
         metrics: Metrics,
         keep_for: float,
+        cuts: Cuts,
         on_dropped: Callable[[str], None] = lambda run_id: None,
+        on_cut: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._on_dropped = on_dropped
+        # what an unreadable write costs: a cut, O(1), made here and shared through the store
+        self._cuts = cuts
+        self._on_cut = on_cut
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._unreadable_logged_at: float | None = None
+        self._unreadable_unlogged = 0
         # the generation must outlive every entry written under an older one, including a
         # fill that read the old generation and lands up to one upstream timeout later
         self._keep_for = keep_for
@@ -47,18 +60,46 @@ class Invalidator:
         self._metrics.invalidation(source, ok=True)
         return True
 
-    async def ingest(self, body: bytes) -> None:
+    async def ingest(self, body: bytes, scope: str) -> None:
         """Drop the runs an ingest body names: every runId, and every parentRunId's too.
 
-        Deeper ancestors' `/related` entries are left to their TTL.
+        The body is read a slice at a time, yielding to the loop between slices: a body of
+        millions of events costs neither memory nor other requests' latency. Deeper ancestors'
+        `/related` entries are left to their TTL.
         """
+        reader = IngestReader(body)
         try:
-            targets = ingest_targets(orjson.loads(body))
-        except orjson.JSONDecodeError:
-            targets = None
-        if targets is None:
-            self._metrics.ingest_unparsed()
+            for _ in reader.slices():
+                await asyncio.sleep(0)
+        except UnreadableBody as exc:
+            await self.unreadable(exc.reason, scope)
             return
-        runs, parents = targets
         # all at once: a slow store then costs one store timeout, not one per run
-        await asyncio.gather(*(self.run(run_id, "ingest") for run_id in sorted(runs | parents)))
+        await asyncio.gather(*(self.run(run_id, "ingest") for run_id in sorted(reader.run_ids)))
+
+    async def unreadable(self, reason: Unreadable, scope: str) -> None:
+        """Fail safe after a write that may have changed runs we could not tell: cut every
+        entry stored before now (the writer's become misses, everyone else's are fresh for at
+        most the active-run TTL and never stale), count it, warn at most once a minute (never
+        any of the body), and share the cut with every replica through the store."""
+        at = self._wall_clock()
+        self._cuts.cut(scope, at)
+        self._on_cut()
+        self._metrics.ingest_unparsed()
+        now = self._clock()
+        last = self._unreadable_logged_at
+        if last is None or now - last >= UNREADABLE_LOG_EVERY:
+            log.warning(
+                "a write could not be read for invalidation: entries stored before it are cut",
+                extra={"reason": reason.value, "unlogged_since": self._unreadable_unlogged},
+            )
+            self._unreadable_logged_at, self._unreadable_unlogged = now, 0
+        else:
+            self._unreadable_unlogged += 1
+        try:
+            await self._store.declare_cut(scope, at, self._keep_for)
+        except StoreError as exc:  # this replica holds it; the guard sends it once Redis is back
+            log.warning(
+                "could not share a cut with the other replicas; sent once the store answers",
+                extra={"error": str(exc)},
+            )

@@ -218,13 +218,23 @@ class CachedReads:
         """After a write to `run_id`: fills and lookups already under way began before it, so
         no request arriving from now on may join them."""
 
-        def of_run(key: EntryKey) -> bool:
-            return key.run_id == run_id
+        self._forget(lambda key: key.run_id == run_id)
 
-        self._fills.forget(of_run)
-        self._refreshes.forget(of_run)
-        for key in [key for key in self._lookups if of_run(key)]:
+    def forget_all(self) -> None:
+        """After a write nobody could read (a fail-safe cut, proxy/cuts.py): it may have
+        changed any run, so no request from now on joins a fill or lookup under way."""
+        self._forget(lambda key: True)
+
+    def _forget(self, matches: Callable[[EntryKey], bool]) -> None:
+        self._fills.forget(matches)
+        self._refreshes.forget(matches)
+        for key in [key for key in self._lookups if matches(key)]:
             del self._lookups[key]
+
+    def scope_of(self, headers: list[Header]) -> str:
+        """The credential scope of a request, read as a cached read of it would read it."""
+        facts = _Facts.read(headers)
+        return self._hasher.scope(facts.authorization, facts.api_key)
 
     async def serve(self, request: ReadRequest) -> Reply:
         now = self._clock()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
 
@@ -59,6 +59,9 @@ class EntryKey:
 
     run_id: str
     name: str
+    # the credential scope the name holds, for the fail-safe cuts (proxy/cuts.py); part of
+    # `name` already, so it takes no part in equality
+    scope: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ def entry_key(route: CachedRoute, scope: str, normalised_query: bytes) -> EntryK
     if normalised_query:
         digest = hashlib.blake2b(normalised_query, digest_size=12).digest()
         name += ":q" + urlsafe_b64encode(digest).decode("ascii")
-    return EntryKey(route.run_id, name)
+    return EntryKey(route.run_id, name, scope)
 
 
 def make_etag(body: bytes) -> str:

@@ -49,6 +49,15 @@ class Store(Protocol):
         """
         ...
 
+    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
+        """Keep the fail-safe cut `field` (a scope, proxy/cuts.py) at `at` for `keep_for`
+        seconds and announce it to every replica; O(1)."""
+        ...
+
+    async def read_cuts(self) -> dict[str, float]:
+        """Every cut still kept, for a replica that (re)joins the announcements."""
+        ...
+
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         """Take the fill lock of `key` for `lease` seconds (True), or flag ourselves as a waiter."""
         ...

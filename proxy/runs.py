@@ -12,6 +12,8 @@ from typing import Any
 _PG_UUID = re.compile(r"(?P<open>\{)?(?P<hex>[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7})(?(open)\})")
 UNSETTLED_TYPES = frozenset({"thread", "chat"})
 SETTLED_STATUSES = frozenset({"success", "error"})
+# the event keys whose values name a run Lunary changes (after ingest_key)
+INGEST_ID_KEYS = frozenset({"runId", "parentRunId"})
 
 
 def canonical_run_id(segment: str) -> str | None:
@@ -52,10 +54,17 @@ def ingest_run_uuid(run_id: str) -> str:
     return f"{h[0:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
 
 
+def ingest_key(key: str) -> str:
+    """The name Lunary reads an event key under: today as sent (the place to camelCase keys
+    as Lunary does, UPSTREAM.md)."""
+    return key
+
+
 def ingest_targets(document: object) -> tuple[set[str], set[str]] | None:
     """The runs an ingest body touches: (every `runId`, every `parentRunId`), as Lunary files them.
 
-    None when the body is not `{"events": <event or list of events>}`.
+    None when the body is not `{"events": <event or list of events>}`. This reads a decoded
+    body; the proxy reads raw bytes (proxy/ingest.py), which must find at least these.
     """
     if not isinstance(document, dict) or "events" not in document:
         return None
@@ -69,11 +78,11 @@ def ingest_targets(document: object) -> tuple[set[str], set[str]] | None:
         for field, found in (("runId", runs), ("parentRunId", parents)):
             value = event.get(field)
             if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-                found.add(_filed_id(str(value)))
+                found.add(filed_run_id(str(value)))
     return runs, parents
 
 
-def _filed_id(run_id: str) -> str:
+def filed_run_id(run_id: str) -> str:
     """Lunary hashes every id that is not 36 characters long, UUID-like or not."""
     if len(run_id) == 36:
         return canonical_run_id(run_id) or run_id.lower()

@@ -2,7 +2,7 @@
 
 uvicorn bounds only the idle time between keep-alive requests. A client that connects and sends
 nothing, sends its headers a byte a minute, stops half-way through a body, or never reads its
-answer holds a socket (and, for a passthrough, an upstream connection and a buffered body) for
+answer holds a socket (and a buffered body, or for a passthrough answer an upstream connection) for
 ever: enough of them exhaust the worker's descriptors or memory. So, each bounded by
 PROXY_CLIENT_TIMEOUT, as nginx's `client_header_timeout`, `client_body_timeout` and
 `send_timeout` are:

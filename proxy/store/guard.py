@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
+from proxy.cuts import EVERYONE_MISS
 from proxy.metrics import Metrics
 from proxy.model import Entry, EntryKey, Lookup
 from proxy.ports import ForeignValue, Store, StoreError, StoreRefused, StoreUnavailable
@@ -57,6 +58,9 @@ class GuardedStore:
         self._refusing_until: float | None = None
         # run -> (keep_for, a number no other miss gets), oldest first
         self._owed: dict[str, tuple[float, int]] = {}
+        # fail-safe cuts (proxy/cuts.py) the store missed: field -> (at, keep_for); the newest
+        # per field covers the older ones, and past MAX_OWED one EVERYONE_MISS cut covers all
+        self._owed_cuts: dict[str, tuple[float, float]] = {}
         self._misses = itertools.count()
         self._owed_overflowed = False
 
@@ -92,6 +96,18 @@ class GuardedStore:
             raise
         self._paid(run_id, owed)
         return dropped
+
+    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
+        # attempted even with the breaker open, and owed when missed, as an invalidation is
+        try:
+            await self._measure("cut", self._inner.declare_cut(field, at, keep_for))
+        except StoreError as exc:
+            if not isinstance(exc, StoreRefused | ForeignValue):
+                self._owe_cut(field, at, keep_for)
+            raise
+
+    async def read_cuts(self) -> dict[str, float]:
+        return await self._call("read_cuts", self._inner.read_cuts)
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         self._check_writes()
@@ -141,7 +157,7 @@ class GuardedStore:
     def _probe(self) -> bool:
         """Whether this call probes the store (False: it just uses it); StoreUnavailable when it
         must skip it. An open breaker, or invalidations owed, let one call at a time through."""
-        if self._open_until is None and not self._owed:
+        if self._open_until is None and not self._owed and not self._owed_cuts:
             return False
         if self._probing or (self._open_until is not None and self._clock() < self._open_until):
             raise StoreUnavailable("store breaker is open")
@@ -163,6 +179,14 @@ class GuardedStore:
                     "runs' entries will live until their TTL"
                 )
 
+    def _owe_cut(self, field: str, at: float, keep_for: float) -> None:
+        if field not in self._owed_cuts and len(self._owed_cuts) >= MAX_OWED:
+            newest = max(at, *(cut_at for cut_at, _ in self._owed_cuts.values()))
+            self._owed_cuts = {EVERYONE_MISS: (newest, keep_for)}
+            return
+        earlier = self._owed_cuts.get(field, (0.0, 0.0))[0]
+        self._owed_cuts[field] = (max(at, earlier), keep_for)
+
     def _paid(self, run_id: str, owed: tuple[float, int] | None) -> None:
         """An invalidation of `run_id` landed: it covers the miss `owed` it was sent for, or
         that was noted before it was sent, not one noted since."""
@@ -170,8 +194,13 @@ class GuardedStore:
             self._owed.pop(run_id, None)
 
     async def _send_owed(self) -> None:
-        """Send the invalidations the store missed; a StoreError if one fails (the rest stay
-        owed, and the breaker open)."""
+        """Send the cuts and invalidations the store missed; a StoreError if one fails (the
+        rest stay owed, and the breaker open)."""
+        while self._owed_cuts:
+            field, (at, keep_for) = next(iter(self._owed_cuts.items()))
+            await self._measure("cut", self._inner.declare_cut(field, at, keep_for))
+            if self._owed_cuts.get(field, (0.0, 0.0))[0] <= at:
+                self._owed_cuts.pop(field, None)
         if not self._owed:
             return
         count = len(self._owed)
@@ -231,7 +260,7 @@ class GuardedStore:
         self._open_until = self._clock() + self._open_for
 
     def _close_breaker(self) -> None:
-        if self._open_until is not None and not self._owed:
+        if self._open_until is not None and not self._owed and not self._owed_cuts:
             self._open_until = None
             log.info("store answers again, caching resumes")
             self._metrics.breaker_open(False)

@@ -93,6 +93,12 @@ class MemoryStore:
             if not keys:
                 del self._by_run[key.run_id]
 
+    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
+        """Nothing to share: the process that made the cut holds it (proxy/cuts.py)."""
+
+    async def read_cuts(self) -> dict[str, float]:
+        return {}
+
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         return True  # one process: in-process single-flight already made us the only filler
 

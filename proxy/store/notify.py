@@ -37,6 +37,10 @@ class FillNotices:
         self._waiting: dict[bytes, set[asyncio.Future[None]]] = {}
         self.subscribed = asyncio.Event()
         self.on_invalidated: Callable[[str], None] = lambda run_id: None
+        # a fail-safe cut (proxy/cuts.py): its field and time
+        self.on_cut: Callable[[str, float], None] = lambda field, at: None
+        # (re)subscribed: cuts announced while this listener was away must be read back
+        self.on_subscribed: Callable[[], None] = lambda: None
 
     @contextlib.contextmanager
     def watch(self, redis_key: str) -> Iterator[asyncio.Future[None]]:
@@ -63,6 +67,7 @@ class FillNotices:
                     await self._client.initialize()  # its pub/sub needs the slot map first
                 await pubsub.subscribe(self._channel, self._invalidated_channel)
                 self.subscribed.set()
+                self.on_subscribed()
                 attempt = 0
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -82,11 +87,21 @@ class FillNotices:
     async def close(self) -> None:
         await close_client(self._client)
 
+    def _cut(self, data: bytes) -> None:
+        head, _, at = data.decode("ascii", "replace").rpartition(" ")
+        try:
+            self.on_cut(head.removeprefix("cut "), float(at))
+        except ValueError:
+            log.debug("a cut announcement that is not ours", extra={"data": data[:64]})
+
     def _dispatch(self, channel: object, data: object) -> None:
         if not isinstance(data, bytes):
             return
         if channel == self._invalidated_channel:
-            self.on_invalidated(data.decode("ascii", "replace"))
+            if data.startswith(b"cut "):
+                self._cut(data)
+            else:
+                self.on_invalidated(data.decode("ascii", "replace"))
             return
         for future in self._waiting.pop(data, ()):
             if not future.done():

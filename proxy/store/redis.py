@@ -6,6 +6,8 @@ Layout, all keys of a run in one Cluster hash slot:
   lcp:1:{<run-id>}:lock:<route>:<scope>...  the fill lock: a random token, with a short lease
   lcp:1:{<run-id>}:wait:<route>:<scope>...  set by a waiter, so the leader knows to announce
   lcp:1:cooldown:{<bucket digest>}          until when a rate bucket must not call the upstream
+  lcp:1:cuts                                scope -> when it last made a write the proxy could
+                                            not read (the fail-safe cuts, proxy/cuts.py)
 An entry whose generation is behind the run's counter is ignored, so dropping every entry of a run
 is one INCR however many scopes hold it.
 """
@@ -27,6 +29,7 @@ from redis.exceptions import (
     ResponseError,
 )
 
+from proxy.cuts import EVERYONE_MISS, MAX_SCOPE_CUTS
 from proxy.model import Entry, EntryKey, Lookup
 from proxy.ports import ForeignValue, StoreError, StoreRefused
 from proxy.store import codec
@@ -38,6 +41,7 @@ REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 KEY_PREFIX = "lcp:1:"
 FILLED_CHANNEL = KEY_PREFIX + "filled"
 INVALIDATED_CHANNEL = KEY_PREFIX + "invalidated"
+CUTS_KEY = KEY_PREFIX + "cuts"  # scope -> the time of its last unreadable write (proxy/cuts.py)
 
 # KEYS: lock, wait flag, generation, entry. ARGV: token, lease ms. Lead: {1, generation, entry}
 # (what is stored now, read in the same step); or flag a waiter and follow: {0}.
@@ -59,6 +63,29 @@ local generation = math.max(last + 1, tonumber(now[1]) * 1000000 + tonumber(now[
 redis.call('SET', KEYS[1], string.format('%d', generation), 'PX', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return generation
+"""
+# KEYS: the cuts hash. ARGV: field (a scope), time, keep ms, channel, the most fields kept, the
+# EVERYONE_MISS field. A cut only moves forward; past the most fields the hash is replaced by one
+# EVERYONE_MISS cut (every older entry a miss: proxy/cuts.py's flood rule, and a bounded hash).
+DECLARE_CUT = """
+local field, at = ARGV[1], tonumber(ARGV[2])
+local full = redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5])
+if full and redis.call('HEXISTS', KEYS[1], field) == 0 then
+  for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
+    at = math.max(at, tonumber(value) or 0)
+  end
+  redis.call('DEL', KEYS[1])
+  field = ARGV[6]
+end
+local kept = tonumber(redis.call('HGET', KEYS[1], field) or '0') or 0
+if at > kept then
+  redis.call('HSET', KEYS[1], field, string.format('%.6f', at))
+else
+  at = kept
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], 'cut ' .. field .. ' ' .. string.format('%.6f', at))
+return 1
 """
 # KEYS: entry, lock, wait flag. ARGV: encoded entry or '', ttl ms, token, channel.
 # Compare-and-delete: a slow leader whose lease ran out never releases a newer leader's lock,
@@ -116,6 +143,7 @@ class RedisStore:
         self._begin_fill = client.register_script(BEGIN_FILL)
         self._end_fill = client.register_script(END_FILL)
         self._invalidate = client.register_script(INVALIDATE)
+        self._declare_cut = client.register_script(DECLARE_CUT)
         self._reconnecting: asyncio.Task[None] | None = None
 
     def _failed(self, operation: str, exc: BaseException) -> StoreError:
@@ -176,6 +204,31 @@ class RedisStore:
         except REDIS_FAILURES as exc:
             raise self._failed("invalidate", exc) from exc
         return 0  # the entries are dead, not counted: counting them would need a scan
+
+    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._declare_cut(
+                    keys=[CUTS_KEY],
+                    args=[
+                        field,
+                        repr(at),
+                        max(1, _ms(keep_for)),
+                        INVALIDATED_CHANNEL,
+                        MAX_SCOPE_CUTS,
+                        EVERYONE_MISS,
+                    ],
+                )
+        except REDIS_FAILURES as exc:
+            raise self._failed("cut", exc) from exc
+
+    async def read_cuts(self) -> dict[str, float]:
+        try:
+            async with asyncio.timeout(self._timeout):
+                raw = await self._client.hgetall(CUTS_KEY)
+        except REDIS_FAILURES as exc:
+            raise self._failed("read_cuts", exc) from exc
+        return parse_cuts(raw)
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         return (await self._lock(key, token, lease))[0] == 1
@@ -272,6 +325,18 @@ def _store_error(operation: str, exc: BaseException) -> StoreError:
     elif plain and "WRONGTYPE" in str(exc):
         kind = ForeignValue
     return kind(f"{operation} failed: {type(exc).__name__}")
+
+
+def parse_cuts(raw: object) -> dict[str, float]:
+    """The cuts hash as {field: time}; a field or value that is not ours is skipped."""
+    cuts: dict[str, float] = {}
+    if isinstance(raw, dict):
+        for field, value in raw.items():
+            try:
+                cuts[field.decode("ascii")] = float(value)
+            except (AttributeError, UnicodeDecodeError, ValueError):
+                continue
+    return cuts
 
 
 def _ms(seconds: float) -> int:

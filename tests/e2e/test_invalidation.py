@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import orjson
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.runs import ingest_run_uuid
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
-from tests.servers import RedisServer
+from tests.servers import RedisServer, ServerThread, replica_settings, running_replicas
 
 
 def warm(proxy: RunningProxy, run: str, keys: list[str]) -> None:
@@ -120,20 +121,60 @@ def test_a_single_event_object_is_understood_too(proxy: RunningProxy, fake: Fake
     assert cached(proxy, run, [key]) == ["MISS", "MISS"]
 
 
-def test_an_unparsable_ingest_is_forwarded_unchanged_and_counted(
+def test_an_unreadable_ingest_is_forwarded_unchanged_counted_and_cuts_older_entries(
     proxy: RunningProxy, fake: FakeLunary
 ) -> None:
-    key, run = fake.add_key(), fake.add_run()
-    warm(proxy, run, [key])
+    """The fail-safe (proxy/cuts.py): the writer's entries are misses at once; another
+    credential's stay fresh for at most PROXY_ACTIVE_RUN_TTL (2 s here) and are never stale."""
+    writer, other, run = fake.add_key(), fake.add_key(), fake.add_run()
+    warm(proxy, run, [writer, other])
     before = metric(proxy, "lunary_proxy_ingest_unparsed_total")
     protobuf = b"\x0a\x0b\x12 an OTLP protobuf export"
 
-    answer = proxy.client.post("/v1/traces", content=protobuf, headers={"X-API-Key": key})
+    answer = proxy.client.post("/v1/traces", content=protobuf, headers={"X-API-Key": writer})
+    forwarded = fake.requests[-1].body
+    writers_reads = cached(proxy, run, [writer])
+    others_reads = cached(proxy, run, [other])
+    fake.runs[run]["tags"] = ["changed"]
+    time.sleep(2.2)
+    others_later = [
+        proxy.get(path, headers={"X-API-Key": other})
+        for path in (f"/v1/runs/{run}", f"/v1/runs/{run}/related")
+    ]
 
     assert answer.status_code == 200
-    assert fake.requests[-1].body == protobuf
+    assert forwarded == protobuf
     assert metric(proxy, "lunary_proxy_ingest_unparsed_total") == before + 1
-    assert cached(proxy, run, [key]) == ["HIT", "HIT"]
+    assert writers_reads == ["MISS", "MISS"]
+    assert others_reads == ["HIT", "HIT"]
+    assert [r.headers["x-cache"] for r in others_later] == ["MISS", "MISS"]  # never STALE
+    assert others_later[0].json()["tags"] == ["changed"]
+
+
+def test_a_cut_reaches_every_replica_through_the_store(
+    fake: FakeLunary, upstream: ServerThread, redis_url: str, redis_server: RedisServer
+) -> None:
+    writer, run = fake.add_key(), fake.add_run()
+    settings = replica_settings(upstream.url, redis_url)
+    with running_replicas(2, settings) as (first, second):
+        for replica in (first, second):  # each has read it: the entry is in Redis
+            httpx.get(f"{replica.url}/v1/runs/{run}", headers={"X-API-Key": writer})
+        hit = httpx.get(f"{second.url}/v1/runs/{run}", headers={"X-API-Key": writer})
+        fake.runs[run]["tags"] = ["changed"]
+        written = httpx.post(
+            f"{first.url}/v1/runs/ingest",
+            content=b'{"events": [{"runId": 1.5}]}',  # Lunary reads ids this proxy cannot
+            headers={"X-API-Key": writer},
+        )
+        after = httpx.get(f"{second.url}/v1/runs/{run}", headers={"X-API-Key": writer})
+        kept = redis_server.client().hgetall("lcp:1:cuts")
+
+    assert hit.headers["x-cache"] == "HIT"
+    assert written.status_code == 200
+    assert after.headers["x-cache"] == "MISS"
+    assert after.json()["tags"] == ["changed"]
+    assert len(kept) == 1  # one field: the writer's scope, never its key
+    assert all(writer.encode() not in item for pair in kept.items() for item in pair)
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])

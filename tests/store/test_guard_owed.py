@@ -33,6 +33,7 @@ class AwayStore(MemoryStore):
         self.gate: asyncio.Event | None = None
         self.lookups = 0
         self.invalidations = 0
+        self.cuts: list[tuple[str, float]] = []
 
     async def lookup(self, key: EntryKey) -> Lookup:
         self.lookups += 1
@@ -51,6 +52,11 @@ class AwayStore(MemoryStore):
     async def ping(self) -> None:
         if self.away:
             raise StoreError("down")
+
+    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
+        if self.away:
+            raise StoreError("down")
+        self.cuts.append((field, at))
 
 
 @pytest.fixture
@@ -133,3 +139,19 @@ async def test_readiness_sends_what_the_store_missed(
     assert not guard.is_open
     assert (await guard.lookup(KEY)).entry is None
 
+
+async def test_a_missed_cut_is_declared_before_the_store_is_read_again(
+    parts: tuple[AwayStore, GuardedStore, list[float]],
+) -> None:
+    inner, guard, now = parts
+    inner.away = True
+    for at in (1.8e9, 1.8e9 + 1):  # the newer of one scope's cuts covers the older
+        with pytest.raises(StoreError):
+            await guard.declare_cut("writer", at, 700)
+    inner.away = False
+    now[0] = 1.5
+
+    await guard.lookup(KEY)
+
+    assert inner.cuts == [("writer", 1.8e9 + 1)]
+    assert not guard.is_open

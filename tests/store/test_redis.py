@@ -15,10 +15,13 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from proxy.cuts import EVERYONE_MISS, MAX_SCOPE_CUTS
 from proxy.model import Entry, EntryKey
 from proxy.ports import ForeignValue, StoreError, StoreRefused
 from proxy.store.connection import connect
 from proxy.store.redis import (
+    CUTS_KEY,
+    INVALIDATED_CHANNEL,
     RedisStore,
     _store_error,
     entry_redis_key,
@@ -134,3 +137,43 @@ def test_error_replies_map_to_refused_foreign_or_down(
 ) -> None:
     # only a store that is up but refuses writes keeps the breaker closed (store/guard.py)
     assert type(_store_error("save", raised)) is becomes
+
+
+async def test_a_cut_is_kept_moves_only_forward_and_is_announced(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    client = redis_server.client()
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub.subscribe(INVALIDATED_CHANNEL)
+    pubsub.get_message(timeout=1.0)  # the subscription itself
+
+    await store.declare_cut("writer", 1.8e9 + 0.5, keep_for=700)
+    await store.declare_cut("writer", 1.8e9, keep_for=700)  # an older one changes nothing
+
+    assert await store.read_cuts() == {"writer": 1.8e9 + 0.5}
+    assert 699_000 < client.pttl(CUTS_KEY) <= 700_000
+    announced = [pubsub.get_message(timeout=1.0) for _ in range(2)]
+    assert [m["data"] for m in announced if m] == [
+        b"cut writer 1800000000.500000",
+        b"cut writer 1800000000.500000",
+    ]
+    pubsub.close()
+
+
+async def test_a_flood_of_cuts_becomes_one_everyone_miss_cut(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    client = redis_server.client()
+    client.hset(CUTS_KEY, mapping={f"writer-{n}": 1.8e9 + n for n in range(MAX_SCOPE_CUTS)})
+
+    await store.declare_cut("one-more", 1.8e9 - 5, keep_for=700)
+
+    # the hash stays bounded, and the newest cut it held is kept for everyone
+    assert await store.read_cuts() == {EVERYONE_MISS: 1.8e9 + MAX_SCOPE_CUTS - 1}
+
+
+async def test_cuts_that_are_not_ours_are_skipped(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    redis_server.client().hset(CUTS_KEY, mapping={"writer": "soon", "other": "1.5"})
+    assert await store.read_cuts() == {"other": 1.5}

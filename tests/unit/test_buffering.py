@@ -33,7 +33,7 @@ async def test_many_bodies_at_once_never_hold_more_than_the_memory_bound() -> No
     held.pop().close()  # one body's memory given back: the next fits in memory again
     again = await buffer.read(arriving(b"a" * BUFFER))
     assert again._spool is None
-    assert again.whole() == b"a" * BUFFER
+    assert await again.whole() == b"a" * BUFFER
 
 
 async def test_the_spool_budget_refuses_once_memory_and_disk_are_both_spent() -> None:
@@ -47,7 +47,7 @@ async def test_the_spool_budget_refuses_once_memory_and_disk_are_both_spent() ->
     spooled.close()
     for body in held:
         body.close()
-    assert (await buffer.read(arriving(b"x"))).whole() == b"x"
+    assert await (await buffer.read(arriving(b"x"))).whole() == b"x"
 
 
 async def test_a_body_dropped_half_way_gives_its_memory_back() -> None:
@@ -61,4 +61,4 @@ async def test_a_body_dropped_half_way_gives_its_memory_back() -> None:
         with pytest.raises(ConnectionResetError):
             await buffer.read(cut_short())
     # nothing leaked: a full body still fits in memory with no spool budget at all
-    assert (await buffer.read(arriving(b"k" * BUFFER))).whole() == b"k" * BUFFER
+    assert await (await buffer.read(arriving(b"k" * BUFFER))).whole() == b"k" * BUFFER
