@@ -97,7 +97,7 @@ class Metrics:
         )
         self._ingest_unparsed = Counter(
             "lunary_proxy_ingest_unparsed",
-            "Ingest bodies forwarded but not understood, so no run was invalidated.",
+            "Ingest bodies forwarded but not read exactly: each made a fail-safe cut.",
             registry=registry,
         )
         Info("lunary_proxy_build", "Build information.", registry=registry).info(
