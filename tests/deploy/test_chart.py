@@ -417,3 +417,26 @@ def test_the_sidecar_example_gives_the_proxy_a_writable_spool() -> None:
     (mount,) = [m for m in proxy["volumeMounts"] if m["mountPath"] == "/tmp"]
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     assert "emptyDir" in volume
+
+
+QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_spool_volume_holds_what_every_worker_may_spool(
+    scenario: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker process spools up to PROXY_REQUEST_SPOOL_BYTES; past its sizeLimit the
+    emptyDir gets the pod evicted."""
+    rendered = render(scenario)
+    for name in ALL_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings_env(rendered).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(CHART)  # no .env file there
+    settings = load_settings()
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tmp"]
+    size = volume["emptyDir"]["sizeLimit"]
+    size_bytes = int(size[:-2]) * QUANTITY[size[-2:]]
+    assert size_bytes > settings.workers * settings.request_spool_bytes
