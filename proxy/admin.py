@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from urllib.parse import unquote_to_bytes
 
 import orjson
 
@@ -81,6 +82,15 @@ def token_carrier(headers: Iterable[Header], token: bytes) -> bytes | None:
             if len(candidate) == size and hmac.compare_digest(candidate, token):
                 return name
     return None
+
+
+def query_carries(query_string: bytes, token: bytes) -> bool:
+    """Whether the query string, percent-decoded, carries the admin `token` (as a headers
+    value would: whole, or as one of its words)."""
+    if len(query_string) < len(token) // 3:  # not even every byte as a %XX escape
+        return False
+    decoded = unquote_to_bytes(query_string.replace(b"+", b" "))
+    return token_carrier(((b"", decoded),), token) is not None
 
 
 def _candidates(value: bytes, separators: bytes) -> list[bytes]:

@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from config import Settings, load_settings
 from proxy import errors, logs
 from proxy.accesslog import Access, request_id
-from proxy.admin import Admin, token_carrier
+from proxy.admin import Admin, query_carries, token_carrier
 from proxy.asgi import (
     ClientGone,
     Message,
@@ -33,6 +33,7 @@ from proxy.asgi import (
 from proxy.buffering import BodyBuffer, RequestBody, RequestTooLarge, SpoolUnavailable
 from proxy.cuts import Cuts
 from proxy.headers import hop_by_hop_credential, not_utf8
+from proxy.ingest import unreadable_by_its_headers
 from proxy.invalidation import Invalidator
 from proxy.lifecycle import CachedReads, Coordination, ReadRequest
 from proxy.metrics import Metrics
@@ -44,7 +45,7 @@ from proxy.ports import Store, StoreError, Upstream, UpstreamError
 from proxy.ratelimit import Cooldowns, RateLimited
 from proxy.scope import ScopeHasher
 from proxy.store.connection import connect
-from proxy.store.cutting import CuttingStore
+from proxy.store.cutting import CutListener, CuttingStore
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
 from proxy.store.notify import FillNotices
@@ -96,6 +97,7 @@ class ProxyApp:
         secret = settings.scope_secret.get_secret_value()
         self._secret_generated = not secret
         self._hasher = ScopeHasher((secret or secrets.token_urlsafe(32)).encode())
+        self._admin_token = settings.admin_token.get_secret_value().encode()
         self._parts: Components | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -165,28 +167,22 @@ class ProxyApp:
         # a generation (or a cut) outlives every entry written before it, and every fill that
         # read the older state
         keep_for = max(s.cache_ttl + s.stale_ttl, s.negative_ttl) + s.upstream_timeout + 1
-        cuts = Cuts(s.active_run_ttl, keep_for)
+        cuts = Cuts(s.active_run_ttl)
+        cutting = CuttingStore(store, cuts)
         reads = CachedReads(
-            CuttingStore(store, cuts),
-            fills,
-            self._hasher,
-            lifetimes,
-            self.metrics,
-            tasks,
-            cooldowns,
-            coordination,
+            cutting, fills, self._hasher, lifetimes, self.metrics, tasks, cooldowns, coordination
         )
         if notices is not None:  # writes through other replicas detach fills here too
             notices.on_invalidated = reads.forget_run
-            notices.on_cut = partial(_learn_cut, cuts, reads)
-            notices.on_subscribed = partial(_read_cuts_soon, tasks, store, cuts, reads)
-        await _read_cuts(store, cuts, reads)  # the listener may have subscribed already
+            self._follow_cuts(notices, CutListener(store, cutting, cuts, reads.forget_all), tasks)
         invalidator = Invalidator(
             store,
             self.metrics,
             keep_for=keep_for,
             cuts=cuts,
-            on_dropped=reads.forget_run,
+            # a cut matters one by one for the active-run TTL; a second more for clock skew
+            cut_window=s.active_run_ttl + 1,
+            on_dropped=reads.forget_runs,
             on_cut=reads.forget_all,
         )
         self._parts = Components(
@@ -225,11 +221,23 @@ class ProxyApp:
             if parts.notices is not None:
                 await parts.notices.close()
 
+    @staticmethod
+    def _follow_cuts(notices: FillNotices, listener: CutListener, tasks: TaskSet) -> None:
+        """Other replicas' cuts arrive as announcements; until the listener has subscribed and
+        read back the kept ones, nothing is answered from the store."""
+        listener.lost()
+        notices.on_cut = listener.heard
+        notices.on_lost = listener.lost
+        notices.on_subscribed = lambda: _spawn(tasks, listener.catch_up(), "cuts")
+        if notices.subscribed.is_set():  # it subscribed while the store was being opened
+            notices.on_subscribed()
+
     def _open_notices(self) -> FillNotices | None:
         s = self.settings
         if not s.redis_url:
             return None
-        listener = connect(s.redis_url, cluster=s.redis_cluster, timeout=None)
+        # no silent reconnect: a lost subscription must be seen (store/cutting.py)
+        listener = connect(s.redis_url, cluster=s.redis_cluster, timeout=None, retries=0)
         return FillNotices(listener, FILLED_CHANNEL, INVALIDATED_CHANNEL)
 
     async def _open_store(self, notices: FillNotices | None) -> GuardedStore:
@@ -286,11 +294,14 @@ class ProxyApp:
         if hop_credential is not None:
             await send_error(send, errors.hop_by_hop_credential(hop_credential))
             return
-        admin_token = self.settings.admin_token.get_secret_value().encode()
-        carrier = token_carrier(headers, admin_token) if admin_token else None
-        if carrier is not None:  # whatever the path, the admin token never goes upstream
-            await send_error(send, errors.admin_token_carried(carrier))
-            return
+        if self._admin_token:  # whatever the path, the admin token never goes upstream
+            carrier = token_carrier(headers, self._admin_token)
+            if carrier is not None:
+                await send_error(send, errors.admin_token_carried(carrier))
+                return
+            if query_carries(scope.get("query_string", b""), self._admin_token):
+                await send_error(send, errors.admin_token_in_query())
+                return
         parts = self._parts
         if parts is None:
             await send_error(send, errors.not_ready("the proxy is starting or stopping"))
@@ -404,7 +415,12 @@ class ProxyApp:
                 await invalidator.run(written_run, "write")
         if body is not None and method == "POST" and raw_path.lower().rstrip(b"/") in INGEST_PATHS:
             writer = self._parts.reads.scope_of(headers)
-            await invalidator.ingest(await body.whole(), writer)
+            unreadable = unreadable_by_its_headers(raw_path, headers)
+            if unreadable is not None:
+                await invalidator.unreadable(unreadable, writer)
+                return
+            async with body.reading() as events:
+                await invalidator.ingest(events, writer)
 
     async def _admin(
         self, raw_path: bytes, method: str, headers: list[tuple[bytes, bytes]], send: Send
@@ -449,25 +465,8 @@ class ProxyApp:
         return 200, [JSON], orjson.dumps({"status": "ready"})
 
 
-def _learn_cut(cuts: Cuts, reads: CachedReads, field: str, at: float) -> None:
-    """A cut announced by another replica (or this one): fills under way are joined no more."""
-    cuts.learn(field, at)
-    reads.forget_all()
-
-
-async def _read_cuts(store: Store, cuts: Cuts, reads: CachedReads) -> None:
-    """Cuts kept in the store, for a listener that (re)subscribed: those announced while it
-    was away were never heard."""
-    try:
-        kept = await store.read_cuts()
-    except StoreError:  # the store is away: the guard sends this replica's own once it is back
-        return
-    for field, at in kept.items():
-        _learn_cut(cuts, reads, field, at)
-
-
-def _read_cuts_soon(tasks: TaskSet, store: Store, cuts: Cuts, reads: CachedReads) -> None:
-    tasks.spawn(_read_cuts(store, cuts, reads), "read cuts")
+def _spawn(tasks: TaskSet, coro: Coroutine[Any, Any, None], name: str) -> None:
+    tasks.spawn(coro, name)
 
 
 def _client_host(scope: Scope) -> str | None:

@@ -13,6 +13,7 @@ the disk (in Kubernetes, an emptyDir over its sizeLimit gets the pod evicted).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -23,6 +24,8 @@ log = logging.getLogger("proxy")
 CHUNK = 64 * 1024
 # request bodies in memory at once, across the process, in PROXY_REQUEST_BUFFER_BYTES
 MEMORY_BODIES = 64
+# spooled bodies read back into memory at once (for the ingest reader), up to 20 MiB each
+READ_BACKS_AT_ONCE = 2
 
 
 class RequestTooLarge(Exception):
@@ -109,12 +112,29 @@ class RequestBody:
     over, to drop the file and give its bytes back to the budget."""
 
     def __init__(
-        self, size: int, memory: bytes, spool: _Spool | None, memory_budget: SpoolBudget
+        self,
+        size: int,
+        memory: bytes,
+        spool: _Spool | None,
+        memory_budget: SpoolBudget,
+        read_backs: asyncio.Semaphore,
     ) -> None:
         self.size = size
         self._memory = memory
         self._spool = spool
         self._memory_budget = memory_budget
+        self._read_backs = read_backs
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[bytes]:
+        """The body as bytes while the caller reads it (the ingest reader): a spooled one is
+        read back READ_BACKS_AT_ONCE at a time across the process, so memory holds no more
+        than that many of them besides the bodies kept in memory."""
+        if self._spool is None:
+            yield self._memory
+            return
+        async with self._read_backs:
+            yield await self.whole()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body from its start, for the upstream request."""
@@ -157,10 +177,13 @@ class BodyBuffer:
         self._memory_bytes = memory_bytes
         self._budget = SpoolBudget(spool_bytes)
         self._memory_budget = SpoolBudget(MEMORY_BODIES * memory_bytes)
+        self._read_backs = asyncio.Semaphore(READ_BACKS_AT_ONCE)
 
     async def read(self, chunks: AsyncIterator[bytes]) -> RequestBody:
         """Raises RequestTooLarge, SpoolUnavailable, or what `chunks` raises (client gone)."""
-        body = _Arriving(self.max_bytes, self._memory_bytes, self._budget, self._memory_budget)
+        body = _Arriving(
+            self.max_bytes, self._memory_bytes, self._budget, self._memory_budget, self._read_backs
+        )
         try:
             async for chunk in chunks:
                 body.add(chunk)
@@ -174,12 +197,18 @@ class _Arriving:
     """A body as it arrives: parts in memory, all moved to a spool once past the bound."""
 
     def __init__(
-        self, max_bytes: int, memory_bytes: int, budget: SpoolBudget, memory_budget: SpoolBudget
+        self,
+        max_bytes: int,
+        memory_bytes: int,
+        budget: SpoolBudget,
+        memory_budget: SpoolBudget,
+        read_backs: asyncio.Semaphore,
     ) -> None:
         self._max_bytes = max_bytes
         self._memory_bytes = memory_bytes
         self._budget = budget
         self._memory_budget = memory_budget
+        self._read_backs = read_backs
         self._in_memory = 0  # bytes of _parts, charged to the memory budget
         self._size = 0
         self._parts: list[bytes] = []
@@ -215,4 +244,5 @@ class _Arriving:
     def whole(self) -> RequestBody:
         if self._spool is not None:
             self._spool.finish()
-        return RequestBody(self._size, b"".join(self._parts), self._spool, self._memory_budget)
+        memory = b"".join(self._parts)
+        return RequestBody(self._size, memory, self._spool, self._memory_budget, self._read_backs)

@@ -48,6 +48,14 @@ def hop_by_hop_credential(name: bytes) -> ProxyErrorReply:
     )
 
 
+def admin_token_in_query() -> ProxyErrorReply:
+    return ProxyErrorReply(
+        400,
+        "bad_request",
+        "The query string carries the proxy's admin token, which is never sent to Lunary.",
+    )
+
+
 def admin_token_carried(name: bytes) -> ProxyErrorReply:
     """Only the header's name is shown, never its value."""
     shown = name.decode("ascii", "replace")

@@ -16,26 +16,53 @@ Lunary does, or more than MAX_RUNS ids raise UnreadableBody, for the caller to f
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 
 import orjson
 
-from proxy.runs import INGEST_ID_KEYS, filed_run_id, ingest_key
+from proxy.headers import Header
+from proxy.runs import INGEST_ID_KEYS, INGEST_KEY_SEPARATORS, filed_run_id, ingest_key
 
 STEP_BYTES = 16 * 1024  # one step: at most a few milliseconds of CPU, whatever the bytes
-MAX_RUNS = 10_000  # distinct id values per body; more is unreadable
+MAX_RUNS = 1_000  # distinct id values per body; more is unreadable (a cut: O(1), not O(ids))
 MAX_ID_LENGTH = 256  # bytes or escapes of an id value as spelled; a longer one is unreadable
 MAX_GAP = 64  # whitespace around a key's colon; more is unreadable
 MAX_SAFE_INTEGER = 2**53  # Lunary is JavaScript: beyond this a number is not read exactly
+MAX_SEPARATORS = 4  # between two letters of an id key (run_id); the pattern's length is bounded
 
 
 class Unreadable(StrEnum):
     """Why a body could not be read exactly: a stable token for logs (and metrics)."""
 
     NOT_JSON = "not_json"  # compressed, protobuf, a form, UTF-16: not UTF-8 JSON
+    ENCODED = "encoded"  # a Content-Encoding (Lunary inflates gzip and deflate)
+    OTLP = "otlp"  # OpenTelemetry spans: how Lunary maps them to runs is not read yet
     ID_VALUE = "id_value"  # an id key whose value cannot be read as Lunary reads it
     TOO_MANY_RUNS = "too_many_runs"
+
+
+OTLP_PATH = b"/v1/traces"
+
+
+def unreadable_by_its_headers(path: bytes, headers: Sequence[Header]) -> Unreadable | None:
+    """What makes an ingest unreadable before its body is looked at: OTLP spans, an encoded
+    body, or a media type other than JSON (a body without one is left to the reader)."""
+    if path.lower().rstrip(b"/") == OTLP_PATH:
+        return Unreadable.OTLP
+    for name, value in headers:
+        if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            return Unreadable.ENCODED
+        if name == b"content-type" and not _is_json(value):
+            return Unreadable.NOT_JSON
+    return None
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (
+        media.startswith(b"application/") and media.endswith(b"+json")
+    )
 
 
 class UnreadableBody(Exception):
@@ -47,21 +74,31 @@ class UnreadableBody(Exception):
 
 
 def _character(char: str, escapes: bool) -> str:
-    """A pattern for `char` as JSON may spell it inside a string: itself, and with `escapes`
-    a \\u escape in either hex case too."""
+    """A pattern for `char` as JSON may spell it inside a key, in either case (Lunary
+    camelCases keys): itself, and with `escapes` a \\u escape in either hex case too."""
+    spellings = {char.lower(), char.upper()}
     if not escapes:
-        return re.escape(char)
-    digits = "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{ord(char):04x}")
-    return f"(?:{re.escape(char)}|\\\\u{digits})"
+        return "[" + "".join(re.escape(c) for c in sorted(spellings)) + "]"
+    escaped = [
+        "\\\\u" + "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{ord(c):04x}")
+        for c in sorted(spellings)
+    ]
+    return "(?:" + "|".join([*(re.escape(c) for c in sorted(spellings)), *escaped]) + ")"
+
+
+def _key(key: str, escapes: bool) -> str:
+    """Every spelling of an id key Lunary would camelCase to it: any case, and separators
+    (run_id, run-id) between its letters; looser than camelCase, and ingest_key decides."""
+    separator = "|".join(_character(c, escapes) for c in INGEST_KEY_SEPARATORS)
+    separator = f"(?:{separator}){{0,{MAX_SEPARATORS}}}"
+    return separator.join(_character(char, escapes) for char in key)
 
 
 def _pair(escapes: bool) -> re.Pattern[bytes]:
     """A quoted id key (every raw spelling of one) and, when it is followed by a colon, its
     value. What matches as a key is decoded and checked with ingest_key, so a looser pattern
     is safe; one that misses a spelling misses runs."""
-    keys = "|".join(
-        "".join(_character(char, escapes) for char in key) for key in sorted(INGEST_ID_KEYS)
-    )
+    keys = "|".join(_key(key, escapes) for key in sorted(INGEST_ID_KEYS))
     gap = f"[ \\t\\r\\n]{{0,{MAX_GAP}}}"
     return re.compile(
         (
@@ -82,9 +119,10 @@ _ID_KEYS_AS_SENT = frozenset(key.encode() for key in INGEST_ID_KEYS)
 # (JSON encoders write none unless asked to: Go's, for <, > and &)
 _SPELLED_PAIR = _pair(escapes=True)
 _ASCII_ESCAPE = re.compile(rb"\\u00[2-7]")
-# no match is longer: each key character spelled as a 6-byte escape, each unit of an id as 2
-# bytes (an escape's backslash and the byte after it)
-_LONGEST_PAIR = 2 + 6 * max(map(len, INGEST_ID_KEYS)) + 2 * MAX_GAP + 1 + 2 + 2 * MAX_ID_LENGTH
+# no match is longer: each key character, and each separator after it, spelled as a 6-byte
+# escape, each unit of an id as 2 bytes (an escape's backslash and the byte after it)
+_LONGEST_KEY = max(6 * len(key) * (1 + MAX_SEPARATORS) for key in INGEST_ID_KEYS)
+_LONGEST_PAIR = 2 + _LONGEST_KEY + 2 * MAX_GAP + 1 + 2 + 2 * MAX_ID_LENGTH
 _OPENING = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]{0,%d}+[\[{]" % MAX_GAP)
 # after an id key with no readable value: a colon (or whitespace past MAX_GAP) makes it a key
 _STILL_A_KEY = re.compile(rb"[ \t\r\n]{0,%d}+[: \t\r\n]" % MAX_GAP)

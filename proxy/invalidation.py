@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from proxy.cuts import Cuts
 from proxy.ingest import IngestReader, Unreadable, UnreadableBody
@@ -15,6 +15,7 @@ from proxy.ports import Store, StoreError
 
 log = logging.getLogger("proxy.invalidation")
 UNREADABLE_LOG_EVERY = 60.0  # seconds between warnings about unreadable ingest bodies
+DROPS_AT_ONCE = 32  # invalidations of one ingest in flight together (the Redis pool is 64)
 
 
 class Invalidator:
@@ -26,7 +27,8 @@ class Invalidator:
         metrics: Metrics,
         keep_for: float,
         cuts: Cuts,
-        on_dropped: Callable[[str], None] = lambda run_id: None,
+        cut_window: float,
+        on_dropped: Callable[[Collection[str]], None] = lambda run_ids: None,
         on_cut: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -36,6 +38,7 @@ class Invalidator:
         self._on_dropped = on_dropped
         # what an unreadable write costs: a cut, O(1), made here and shared through the store
         self._cuts = cuts
+        self._cut_window = cut_window
         self._on_cut = on_cut
         self._clock = clock
         self._wall_clock = wall_clock
@@ -47,7 +50,10 @@ class Invalidator:
 
     async def run(self, run_id: str, source: str) -> bool:
         """Drop `run_id`'s entries; False (logged and counted) when the store failed."""
-        self._on_dropped(run_id)
+        self._on_dropped((run_id,))
+        return await self._drop(run_id, source)
+
+    async def _drop(self, run_id: str, source: str) -> bool:
         try:
             await self._store.invalidate_run(run_id, self._keep_for)
         except StoreError as exc:
@@ -63,9 +69,9 @@ class Invalidator:
     async def ingest(self, body: bytes, scope: str) -> None:
         """Drop the runs an ingest body names: every runId, and every parentRunId's too.
 
-        The body is read a slice at a time, yielding to the loop between slices: a body of
-        millions of events costs neither memory nor other requests' latency. Deeper ancestors'
-        `/related` entries are left to their TTL.
+        The body is read a slice at a time, yielding to the loop between slices, keeping only
+        the ids it finds (at most ingest.MAX_RUNS). Deeper ancestors' `/related` entries are
+        left to their TTL.
         """
         reader = IngestReader(body)
         try:
@@ -74,8 +80,16 @@ class Invalidator:
         except UnreadableBody as exc:
             await self.unreadable(exc.reason, scope)
             return
-        # all at once: a slow store then costs one store timeout, not one per run
-        await asyncio.gather(*(self.run(run_id, "ingest") for run_id in sorted(reader.run_ids)))
+        self._on_dropped(reader.run_ids)  # one pass over the fills under way, for all of them
+        # together, a few at a time: a slow store costs a store timeout or two, not one per
+        # run, and a body of many runs does not queue a thousand calls for the pool at once
+        slots = asyncio.Semaphore(DROPS_AT_ONCE)
+
+        async def drop(run_id: str) -> None:
+            async with slots:
+                await self._drop(run_id, "ingest")
+
+        await asyncio.gather(*(drop(run_id) for run_id in sorted(reader.run_ids)))
 
     async def unreadable(self, reason: Unreadable, scope: str) -> None:
         """Fail safe after a write that may have changed runs we could not tell: cut every
@@ -97,7 +111,7 @@ class Invalidator:
         else:
             self._unreadable_unlogged += 1
         try:
-            await self._store.declare_cut(scope, at, self._keep_for)
+            await self._store.declare_cut(scope, at, self._cut_window, self._keep_for)
         except StoreError as exc:  # this replica holds it; the guard sends it once Redis is back
             log.warning(
                 "could not share a cut with the other replicas; sent once the store answers",

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -219,6 +219,13 @@ class CachedReads:
         no request arriving from now on may join them."""
 
         self._forget(lambda key: key.run_id == run_id)
+
+    def forget_runs(self, run_ids: Collection[str]) -> None:
+        """forget_run for many runs, in one pass over what is under way."""
+        if len(run_ids) == 1:
+            self.forget_run(next(iter(run_ids)))
+        elif run_ids:
+            self._forget(lambda key: key.run_id in run_ids)
 
     def forget_all(self) -> None:
         """After a write nobody could read (a fail-safe cut, proxy/cuts.py): it may have

@@ -30,6 +30,15 @@ class StoreUnavailable(StoreError):
     """The store is known to be down (the breaker is open); no call was attempted."""
 
 
+@dataclass(frozen=True, slots=True)
+class KeptCuts:
+    """The fail-safe cuts a store keeps: entries stored before `expired_before` have expired;
+    `recent` are the cuts of the last seconds, scope -> time."""
+
+    expired_before: float
+    recent: dict[str, float]
+
+
 class Store(Protocol):
     """Where entries live. Every method is bounded in time or raises StoreError."""
 
@@ -49,13 +58,14 @@ class Store(Protocol):
         """
         ...
 
-    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
-        """Keep the fail-safe cut `field` (a scope, proxy/cuts.py) at `at` for `keep_for`
-        seconds and announce it to every replica; O(1)."""
+    async def declare_cut(self, scope: str, at: float, window: float, keep_for: float) -> None:
+        """Keep the fail-safe cut of `scope` at `at` (proxy/cuts.py) while it matters one by
+        one (`window` seconds after the newest), fold older ones into the expired mark, keep
+        both `keep_for` seconds, and announce the cut to every replica; O(1)."""
         ...
 
-    async def read_cuts(self) -> dict[str, float]:
-        """Every cut still kept, for a replica that (re)joins the announcements."""
+    async def read_cuts(self) -> KeptCuts:
+        """The cuts kept, for a replica that (re)joins the announcements."""
         ...
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:

@@ -14,6 +14,10 @@ UNSETTLED_TYPES = frozenset({"thread", "chat"})
 SETTLED_STATUSES = frozenset({"success", "error"})
 # the event keys whose values name a run Lunary changes (after ingest_key)
 INGEST_ID_KEYS = frozenset({"runId", "parentRunId"})
+# what separates words in the key spellings Lunary camelCases
+INGEST_KEY_SEPARATORS = "-_. "
+_SEPARATORS = re.compile("[" + re.escape(INGEST_KEY_SEPARATORS) + "]")
+_ID_KEYS_FOLDED = {key.lower(): key for key in INGEST_ID_KEYS}
 
 
 def canonical_run_id(segment: str) -> str | None:
@@ -55,9 +59,11 @@ def ingest_run_uuid(run_id: str) -> str:
 
 
 def ingest_key(key: str) -> str:
-    """The name Lunary reads an event key under: today as sent (the place to camelCase keys
-    as Lunary does, UPSTREAM.md)."""
-    return key
+    """The name Lunary reads an id key under: it camelCases every key of every event
+    (UPSTREAM.md), so `run_id`, `run-id`, `RUN_ID` and `runID` are all `runId`. Read loosely
+    (case and separators ignored): taking a key for an id that Lunary does not only costs a
+    refetch; missing one leaves a stale entry."""
+    return _ID_KEYS_FOLDED.get(_SEPARATORS.sub("", key).lower(), key)
 
 
 def ingest_targets(document: object) -> tuple[set[str], set[str]] | None:
@@ -75,8 +81,11 @@ def ingest_targets(document: object) -> tuple[set[str], set[str]] | None:
     for event in events:
         if not isinstance(event, dict):
             continue
-        for field, found in (("runId", runs), ("parentRunId", parents)):
-            value = event.get(field)
+        for key, value in event.items():
+            field = ingest_key(key)
+            found = runs if field == "runId" else parents if field == "parentRunId" else None
+            if found is None:
+                continue
             if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
                 found.add(filed_run_id(str(value)))
     return runs, parents

@@ -15,7 +15,9 @@ from config.redis_url import SENTINEL_SCHEME, parse_sentinel_url
 POOL_SIZE = 64
 
 
-def connect(url: str, *, cluster: bool, timeout: float | None) -> Redis | RedisCluster:
+def connect(
+    url: str, *, cluster: bool, timeout: float | None, retries: int = 1
+) -> Redis | RedisCluster:
     """A client whose calls the caller bounds with one timeout.
 
     Reads and the wait for a pooled connection carry no timers of their own: RedisStore bounds
@@ -25,11 +27,13 @@ def connect(url: str, *, cluster: bool, timeout: float | None) -> Redis | RedisC
 
     It retries once, at once, and only on a connection error: after Redis restarts, every pooled
     connection is dead and would otherwise fail one request each. A timeout is never retried.
+    The pub/sub listener takes `retries=0`: redis-py would reconnect and subscribe again without
+    a word, and what was announced meanwhile would be lost unnoticed.
     """
     options: dict[str, Any] = {
         "socket_timeout": None,
         "socket_connect_timeout": timeout or 5.0,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "retry": Retry(NoBackoff(), retries, supported_errors=(RedisConnectionError,)),
     }
     if cluster:
         return RedisCluster.from_url(url, **options)

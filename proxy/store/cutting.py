@@ -1,40 +1,55 @@
-"""A store that applies the fail-safe cuts (proxy/cuts.py) to every entry it returns.
+"""Applying the fail-safe cuts (proxy/cuts.py) to every entry a lookup returns, and keeping this
+process's cuts in step with the other replicas'.
 
 Lookups, and the entry a fill lock reads back, pass through `Cuts.apply`, so no path of the read
 driver can hand out an entry the cuts have aged, and the driver itself knows nothing of them.
+Another replica's cut arrives on pub/sub; while this process's listener is away it may miss
+some, so until it has subscribed again and read back the cuts the store keeps, nothing is
+answered from the store (every lookup is a miss; fills are still stored).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from proxy.cuts import Cuts
 from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import WatchedStore
+from proxy.ports import KeptCuts, Store, StoreError, WatchedStore
+
+log = logging.getLogger("proxy.store")
+READ_BACK_RETRY = 1.0  # seconds between tries to read the kept cuts while the store is away
 
 
 class CuttingStore:
     """A WatchedStore whose lookups see entries as the cuts in force leave them."""
 
-    def __init__(self, inner: WatchedStore, cuts: Cuts) -> None:
+    def __init__(
+        self, inner: WatchedStore, cuts: Cuts, clock: Callable[[], float] = time.time
+    ) -> None:
         self._inner = inner
         self._cuts = cuts
+        self._clock = clock
+        self.in_step = True  # False while cuts of other replicas may have been missed
 
     @property
     def writes_refused(self) -> bool:
         return self._inner.writes_refused
 
     async def lookup(self, key: EntryKey) -> Lookup:
-        found = await self._inner.lookup(key)
-        return self._cut(found, key)
+        return self._cut(await self._inner.lookup(key), key)
 
     async def lead_fill(self, key: EntryKey, token: str, lease: float) -> Lookup | None:
         found = await self._inner.lead_fill(key, token, lease)
         return None if found is None else self._cut(found, key)
 
     def _cut(self, found: Lookup, key: EntryKey) -> Lookup:
-        entry = self._cuts.apply(found.entry, key.scope)
+        if not self.in_step:
+            return Lookup(None, found.generation)
+        entry = self._cuts.apply(found.entry, key.scope, self._clock())
         return found if entry is found.entry else Lookup(entry, found.generation)
 
     async def save(self, key: EntryKey, entry: Entry) -> None:
@@ -43,10 +58,10 @@ class CuttingStore:
     async def invalidate_run(self, run_id: str, keep_for: float) -> int:
         return await self._inner.invalidate_run(run_id, keep_for)
 
-    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
-        await self._inner.declare_cut(field, at, keep_for)
+    async def declare_cut(self, scope: str, at: float, window: float, keep_for: float) -> None:
+        await self._inner.declare_cut(scope, at, window, keep_for)
 
-    async def read_cuts(self) -> dict[str, float]:
+    async def read_cuts(self) -> KeptCuts:
         return await self._inner.read_cuts()
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
@@ -69,3 +84,45 @@ class CuttingStore:
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+class CutListener:
+    """What the pub/sub listener does with cuts: learn each one announced, and after it lost
+    the announcements, keep the store out of step until the kept cuts are read back."""
+
+    def __init__(
+        self, store: Store, cutting: CuttingStore, cuts: Cuts, forget_all: Callable[[], None]
+    ) -> None:
+        self._store = store
+        self._cutting = cutting
+        self._cuts = cuts
+        self._forget_all = forget_all
+        self._lost = 0  # how many times the announcements were lost: a read back must be newer
+
+    def heard(self, scope: str, at: float) -> None:
+        """A cut announced by another replica (or this one): fills under way are joined no
+        more."""
+        self._cuts.cut(scope, at)
+        self._forget_all()
+
+    def lost(self) -> None:
+        self._lost += 1
+        self._cutting.in_step = False
+
+    async def catch_up(self) -> None:
+        """Subscribed (again): read back the cuts kept, retrying while the store is away."""
+        lost = self._lost
+        while True:
+            try:
+                kept = await self._store.read_cuts()
+            except StoreError:
+                await asyncio.sleep(READ_BACK_RETRY)
+                continue
+            if lost != self._lost:  # lost again meanwhile: a later catch-up reads them
+                return
+            self._cuts.expire_before(kept.expired_before)
+            for scope, at in kept.recent.items():
+                self._cuts.cut(scope, at)
+            self._forget_all()
+            self._cutting.in_step = True
+            return

@@ -26,10 +26,16 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
-from proxy.cuts import EVERYONE_MISS
 from proxy.metrics import Metrics
 from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import ForeignValue, Store, StoreError, StoreRefused, StoreUnavailable
+from proxy.ports import (
+    ForeignValue,
+    KeptCuts,
+    Store,
+    StoreError,
+    StoreRefused,
+    StoreUnavailable,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("proxy.store")
@@ -58,9 +64,9 @@ class GuardedStore:
         self._refusing_until: float | None = None
         # run -> (keep_for, a number no other miss gets), oldest first
         self._owed: dict[str, tuple[float, int]] = {}
-        # fail-safe cuts (proxy/cuts.py) the store missed: field -> (at, keep_for); the newest
-        # per field covers the older ones, and past MAX_OWED one EVERYONE_MISS cut covers all
-        self._owed_cuts: dict[str, tuple[float, float]] = {}
+        # fail-safe cuts (proxy/cuts.py) the store missed: scope -> (at, window, keep_for); the
+        # newest of a scope covers its older ones; past MAX_OWED the oldest are lost
+        self._owed_cuts: dict[str, tuple[float, float, float]] = {}
         self._misses = itertools.count()
         self._owed_overflowed = False
 
@@ -97,16 +103,16 @@ class GuardedStore:
         self._paid(run_id, owed)
         return dropped
 
-    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
+    async def declare_cut(self, scope: str, at: float, window: float, keep_for: float) -> None:
         # attempted even with the breaker open, and owed when missed, as an invalidation is
         try:
-            await self._measure("cut", self._inner.declare_cut(field, at, keep_for))
+            await self._measure("cut", self._inner.declare_cut(scope, at, window, keep_for))
         except StoreError as exc:
             if not isinstance(exc, StoreRefused | ForeignValue):
-                self._owe_cut(field, at, keep_for)
+                self._owe_cut(scope, (at, window, keep_for))
             raise
 
-    async def read_cuts(self) -> dict[str, float]:
+    async def read_cuts(self) -> KeptCuts:
         return await self._call("read_cuts", self._inner.read_cuts)
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
@@ -119,7 +125,10 @@ class GuardedStore:
 
     async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
         # always attempted, even with the breaker open: a lock left behind would make other
-        # replicas wait out their coalesce timeout
+        # replicas wait out their coalesce timeout; but a fill that may have read the run from
+        # before a write whose invalidation (or cut) the store missed stores nothing
+        if self._owed_cuts or key.run_id in self._owed:
+            entry = None
         await self._measure("end_fill", self._inner.end_fill(key, token, entry))
 
     def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
@@ -179,13 +188,11 @@ class GuardedStore:
                     "runs' entries will live until their TTL"
                 )
 
-    def _owe_cut(self, field: str, at: float, keep_for: float) -> None:
-        if field not in self._owed_cuts and len(self._owed_cuts) >= MAX_OWED:
-            newest = max(at, *(cut_at for cut_at, _ in self._owed_cuts.values()))
-            self._owed_cuts = {EVERYONE_MISS: (newest, keep_for)}
-            return
-        earlier = self._owed_cuts.get(field, (0.0, 0.0))[0]
-        self._owed_cuts[field] = (max(at, earlier), keep_for)
+    def _owe_cut(self, scope: str, cut: tuple[float, float, float]) -> None:
+        earlier = self._owed_cuts.pop(scope, None)  # to the end: the newest
+        self._owed_cuts[scope] = cut if earlier is None or cut[0] > earlier[0] else earlier
+        if len(self._owed_cuts) > MAX_OWED:
+            del self._owed_cuts[next(iter(self._owed_cuts))]
 
     def _paid(self, run_id: str, owed: tuple[float, int] | None) -> None:
         """An invalidation of `run_id` landed: it covers the miss `owed` it was sent for, or
@@ -197,10 +204,10 @@ class GuardedStore:
         """Send the cuts and invalidations the store missed; a StoreError if one fails (the
         rest stay owed, and the breaker open)."""
         while self._owed_cuts:
-            field, (at, keep_for) = next(iter(self._owed_cuts.items()))
-            await self._measure("cut", self._inner.declare_cut(field, at, keep_for))
-            if self._owed_cuts.get(field, (0.0, 0.0))[0] <= at:
-                self._owed_cuts.pop(field, None)
+            scope, cut = next(iter(self._owed_cuts.items()))
+            await self._measure("cut", self._inner.declare_cut(scope, *cut))
+            if self._owed_cuts.get(scope) == cut:  # not a newer one noted meanwhile
+                del self._owed_cuts[scope]
         if not self._owed:
             return
         count = len(self._owed)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 from proxy.model import Entry, EntryKey, Lookup
+from proxy.ports import KeptCuts
 
 
 class MemoryStore:
@@ -93,11 +94,11 @@ class MemoryStore:
             if not keys:
                 del self._by_run[key.run_id]
 
-    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
+    async def declare_cut(self, scope: str, at: float, window: float, keep_for: float) -> None:
         """Nothing to share: the process that made the cut holds it (proxy/cuts.py)."""
 
-    async def read_cuts(self) -> dict[str, float]:
-        return {}
+    async def read_cuts(self) -> KeptCuts:
+        return KeptCuts(0.0, {})
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         return True  # one process: in-process single-flight already made us the only filler

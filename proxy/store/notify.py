@@ -39,8 +39,9 @@ class FillNotices:
         self.on_invalidated: Callable[[str], None] = lambda run_id: None
         # a fail-safe cut (proxy/cuts.py): its field and time
         self.on_cut: Callable[[str, float], None] = lambda field, at: None
-        # (re)subscribed: cuts announced while this listener was away must be read back
+        # (re)subscribed, and lost: cuts announced while this listener was away are read back
         self.on_subscribed: Callable[[], None] = lambda: None
+        self.on_lost: Callable[[], None] = lambda: None
 
     @contextlib.contextmanager
     def watch(self, redis_key: str) -> Iterator[asyncio.Future[None]]:
@@ -75,6 +76,7 @@ class FillNotices:
                         self._dispatch(message["channel"], message["data"])
             except Exception as exc:  # the listener must outlive any client error
                 self.subscribed.clear()
+                self.on_lost()
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 attempt += 1
                 log.debug("fill notices lost, reconnecting", extra={"error": type(exc).__name__})

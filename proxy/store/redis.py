@@ -6,8 +6,11 @@ Layout, all keys of a run in one Cluster hash slot:
   lcp:1:{<run-id>}:lock:<route>:<scope>...  the fill lock: a random token, with a short lease
   lcp:1:{<run-id>}:wait:<route>:<scope>...  set by a waiter, so the leader knows to announce
   lcp:1:cooldown:{<bucket digest>}          until when a rate bucket must not call the upstream
-  lcp:1:cuts                                scope -> when it last made a write the proxy could
-                                            not read (the fail-safe cuts, proxy/cuts.py)
+  lcp:1:{cuts}                              the fail-safe cuts of the last seconds (proxy/cuts.py):
+                                            scope digest -> when it made a write the proxy could
+                                            not read, trimmed to the window in which each matters
+  lcp:1:{cuts}:expired                      the newest cut trimmed out: entries stored before it
+                                            have expired
 An entry whose generation is behind the run's counter is ignored, so dropping every entry of a run
 is one INCR however many scopes hold it.
 """
@@ -29,9 +32,9 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from proxy.cuts import EVERYONE_MISS, MAX_SCOPE_CUTS
+from proxy.cuts import MAX_RECENT_CUTS
 from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import ForeignValue, StoreError, StoreRefused
+from proxy.ports import ForeignValue, KeptCuts, StoreError, StoreRefused
 from proxy.store import codec
 from proxy.store.connection import close_client
 from proxy.store.notify import FillNotices
@@ -41,7 +44,8 @@ REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 KEY_PREFIX = "lcp:1:"
 FILLED_CHANNEL = KEY_PREFIX + "filled"
 INVALIDATED_CHANNEL = KEY_PREFIX + "invalidated"
-CUTS_KEY = KEY_PREFIX + "cuts"  # scope -> the time of its last unreadable write (proxy/cuts.py)
+CUTS_KEY = KEY_PREFIX + "{cuts}"  # one slot for both: the script touches them together
+CUTS_EXPIRED_KEY = CUTS_KEY + ":expired"
 
 # KEYS: lock, wait flag, generation, entry. ARGV: token, lease ms. Lead: {1, generation, entry}
 # (what is stored now, read in the same step); or flag a waiter and follow: {0}.
@@ -64,28 +68,38 @@ redis.call('SET', KEYS[1], string.format('%d', generation), 'PX', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return generation
 """
-# KEYS: the cuts hash. ARGV: field (a scope), time, keep ms, channel, the most fields kept, the
-# EVERYONE_MISS field. A cut only moves forward; past the most fields the hash is replaced by one
-# EVERYONE_MISS cut (every older entry a miss: proxy/cuts.py's flood rule, and a bounded hash).
+# KEYS: the cuts, the expired mark. ARGV: scope, time, window s, keep ms, channel, most kept.
+# A scope's cut only moves forward. Cuts older than the window before the newest (and past the
+# most kept, the oldest) are trimmed, the newest of them kept as the expired mark: entries stored
+# before it have expired everywhere, so a replica that reads the cuts back misses none of them.
 DECLARE_CUT = """
-local field, at = ARGV[1], tonumber(ARGV[2])
-local full = redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5])
-if full and redis.call('HEXISTS', KEYS[1], field) == 0 then
-  for _, value in ipairs(redis.call('HVALS', KEYS[1])) do
-    at = math.max(at, tonumber(value) or 0)
+local at = tonumber(ARGV[2])
+if at > (tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0') or 0) then
+  redis.call('ZADD', KEYS[1], string.format('%.6f', at), ARGV[1])
+end
+local newest = tonumber(redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2])
+local edge = newest - tonumber(ARGV[3])
+local trimmed = redis.call('ZREVRANGEBYSCORE', KEYS[1], edge, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[6])
+if extra > 0 then
+  local oldest = redis.call('ZRANGE', KEYS[1], extra - 1, extra - 1, 'WITHSCORES')
+  if #trimmed == 0 or tonumber(oldest[2]) > tonumber(trimmed[2]) then trimmed = oldest end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1)
+end
+if #trimmed > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', edge)
+  if tonumber(trimmed[2]) > (tonumber(redis.call('GET', KEYS[2]) or '0') or 0) then
+    redis.call('SET', KEYS[2], trimmed[2])
   end
-  redis.call('DEL', KEYS[1])
-  field = ARGV[6]
 end
-local kept = tonumber(redis.call('HGET', KEYS[1], field) or '0') or 0
-if at > kept then
-  redis.call('HSET', KEYS[1], field, string.format('%.6f', at))
-else
-  at = kept
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], 'cut ' .. field .. ' ' .. string.format('%.6f', at))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+redis.call('PUBLISH', ARGV[5], 'cut ' .. ARGV[1] .. ' ' .. string.format('%.6f', at))
 return 1
+"""
+# KEYS: the cuts, the expired mark. Both at once: a cut trimmed between two reads is not lost.
+READ_CUTS = """
+return {redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'), redis.call('GET', KEYS[2])}
 """
 # KEYS: entry, lock, wait flag. ARGV: encoded entry or '', ttl ms, token, channel.
 # Compare-and-delete: a slow leader whose lease ran out never releases a newer leader's lock,
@@ -144,6 +158,7 @@ class RedisStore:
         self._end_fill = client.register_script(END_FILL)
         self._invalidate = client.register_script(INVALIDATE)
         self._declare_cut = client.register_script(DECLARE_CUT)
+        self._read_cuts = client.register_script(READ_CUTS)
         self._reconnecting: asyncio.Task[None] | None = None
 
     def _failed(self, operation: str, exc: BaseException) -> StoreError:
@@ -205,30 +220,29 @@ class RedisStore:
             raise self._failed("invalidate", exc) from exc
         return 0  # the entries are dead, not counted: counting them would need a scan
 
-    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
+    async def declare_cut(self, scope: str, at: float, window: float, keep_for: float) -> None:
+        keep_ms = max(1, _ms(keep_for))
+        args: list[str | float] = [
+            scope,
+            repr(at),
+            window,
+            keep_ms,
+            INVALIDATED_CHANNEL,
+            MAX_RECENT_CUTS,
+        ]
         try:
             async with asyncio.timeout(self._timeout):
-                await self._declare_cut(
-                    keys=[CUTS_KEY],
-                    args=[
-                        field,
-                        repr(at),
-                        max(1, _ms(keep_for)),
-                        INVALIDATED_CHANNEL,
-                        MAX_SCOPE_CUTS,
-                        EVERYONE_MISS,
-                    ],
-                )
+                await self._declare_cut(keys=[CUTS_KEY, CUTS_EXPIRED_KEY], args=args)
         except REDIS_FAILURES as exc:
             raise self._failed("cut", exc) from exc
 
-    async def read_cuts(self) -> dict[str, float]:
+    async def read_cuts(self) -> KeptCuts:
         try:
             async with asyncio.timeout(self._timeout):
-                raw = await self._client.hgetall(CUTS_KEY)
+                recent, expired = await self._read_cuts(keys=[CUTS_KEY, CUTS_EXPIRED_KEY])
         except REDIS_FAILURES as exc:
             raise self._failed("read_cuts", exc) from exc
-        return parse_cuts(raw)
+        return parse_cuts(recent, expired)
 
     async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
         return (await self._lock(key, token, lease))[0] == 1
@@ -327,16 +341,21 @@ def _store_error(operation: str, exc: BaseException) -> StoreError:
     return kind(f"{operation} failed: {type(exc).__name__}")
 
 
-def parse_cuts(raw: object) -> dict[str, float]:
-    """The cuts hash as {field: time}; a field or value that is not ours is skipped."""
+def parse_cuts(recent: object, expired: object) -> KeptCuts:
+    """The kept cuts as read by READ_CUTS: [scope, time, scope, time, ...] and the expired
+    mark; a member or value that is not ours is skipped."""
     cuts: dict[str, float] = {}
-    if isinstance(raw, dict):
-        for field, value in raw.items():
-            try:
-                cuts[field.decode("ascii")] = float(value)
-            except (AttributeError, UnicodeDecodeError, ValueError):
-                continue
-    return cuts
+    items = recent if isinstance(recent, list) else []
+    for scope, at in zip(items[::2], items[1::2], strict=True):
+        try:
+            cuts[scope.decode("ascii")] = float(at)
+        except (AttributeError, UnicodeDecodeError, ValueError):
+            continue
+    try:
+        expired_before = float(expired) if isinstance(expired, bytes) else 0.0
+    except ValueError:
+        expired_before = 0.0
+    return KeptCuts(expired_before, cuts)
 
 
 def _ms(seconds: float) -> int:

@@ -5,6 +5,8 @@ Each is refused or kept apart, and the fake Lunary's record shows what never rea
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import orjson
 import pytest
 
@@ -94,6 +96,25 @@ def test_the_admin_token_is_never_sent_upstream(
     assert ADMIN_TOKEN not in answer.text
     assert fake.requests == []
     assert not token_reached(fake)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [f"token={ADMIN_TOKEN}", f"a=1&key={quote(ADMIN_TOKEN, safe='')}", f"t={ADMIN_TOKEN}&x=2"],
+)
+@pytest.mark.parametrize("path", ["/v1/runs/{run}", "/v1/template_versions/latest"])
+def test_the_admin_token_in_the_query_string_is_never_sent_upstream(
+    make_proxy: ProxyFactory, fake: FakeLunary, query: str, path: str
+) -> None:
+    proxy = make_proxy(admin_token=ADMIN_TOKEN)
+    run = fake.add_run()
+
+    answer = proxy.client.get(path.format(run=run) + "?" + query)
+
+    assert answer.status_code == 400
+    assert "query string" in answer.json()["message"]
+    assert ADMIN_TOKEN not in answer.text
+    assert fake.requests == []
 
 
 def test_the_admin_token_is_refused_on_a_hit_and_lunary_keys_pass(

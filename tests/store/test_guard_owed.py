@@ -53,10 +53,10 @@ class AwayStore(MemoryStore):
         if self.away:
             raise StoreError("down")
 
-    async def declare_cut(self, field: str, at: float, keep_for: float) -> None:
+    async def declare_cut(self, scope: str, at: float, window: float, keep_for: float) -> None:
         if self.away:
             raise StoreError("down")
-        self.cuts.append((field, at))
+        self.cuts.append((scope, at))
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ async def test_a_missed_cut_is_declared_before_the_store_is_read_again(
     inner.away = True
     for at in (1.8e9, 1.8e9 + 1):  # the newer of one scope's cuts covers the older
         with pytest.raises(StoreError):
-            await guard.declare_cut("writer", at, 700)
+            await guard.declare_cut("writer", at, 3, 700)
     inner.away = False
     now[0] = 1.5
 
@@ -155,3 +155,16 @@ async def test_a_missed_cut_is_declared_before_the_store_is_read_again(
 
     assert inner.cuts == [("writer", 1.8e9 + 1)]
     assert not guard.is_open
+
+
+async def test_a_fill_of_a_run_whose_invalidation_is_owed_stores_nothing(
+    parts: tuple[AwayStore, GuardedStore, list[float]],
+) -> None:
+    """It may have read the run from before the write: the promoted node must not get it."""
+    inner, guard, _ = parts
+    await missed_invalidation(inner, guard)
+    fresher = Entry(200, "", b'{"new": false}', "application/json", 1, 60, 0)
+
+    await guard.end_fill(KEY, "token", fresher)
+
+    assert (await inner.lookup(KEY)).entry == ENTRY  # what was there, not the fill's answer

@@ -15,11 +15,12 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from proxy.cuts import EVERYONE_MISS, MAX_SCOPE_CUTS
+from proxy.cuts import MAX_RECENT_CUTS
 from proxy.model import Entry, EntryKey
-from proxy.ports import ForeignValue, StoreError, StoreRefused
+from proxy.ports import ForeignValue, KeptCuts, StoreError, StoreRefused
 from proxy.store.connection import connect
 from proxy.store.redis import (
+    CUTS_EXPIRED_KEY,
     CUTS_KEY,
     INVALIDATED_CHANNEL,
     RedisStore,
@@ -147,33 +148,44 @@ async def test_a_cut_is_kept_moves_only_forward_and_is_announced(
     pubsub.subscribe(INVALIDATED_CHANNEL)
     pubsub.get_message(timeout=1.0)  # the subscription itself
 
-    await store.declare_cut("writer", 1.8e9 + 0.5, keep_for=700)
-    await store.declare_cut("writer", 1.8e9, keep_for=700)  # an older one changes nothing
+    await store.declare_cut("writer", 1.8e9 + 0.5, window=3, keep_for=700)
+    await store.declare_cut("writer", 1.8e9, window=3, keep_for=700)  # older: changes nothing
 
-    assert await store.read_cuts() == {"writer": 1.8e9 + 0.5}
+    assert await store.read_cuts() == KeptCuts(0.0, {"writer": 1.8e9 + 0.5})
     assert 699_000 < client.pttl(CUTS_KEY) <= 700_000
     announced = [pubsub.get_message(timeout=1.0) for _ in range(2)]
     assert [m["data"] for m in announced if m] == [
         b"cut writer 1800000000.500000",
-        b"cut writer 1800000000.500000",
+        b"cut writer 1800000000.000000",
     ]
     pubsub.close()
 
 
-async def test_a_flood_of_cuts_becomes_one_everyone_miss_cut(
-    store: RedisStore, redis_server: RedisServer
-) -> None:
+async def test_cuts_older_than_the_window_fold_into_the_expired_mark(store: RedisStore) -> None:
+    await store.declare_cut("early", 1.8e9, window=3, keep_for=700)
+    await store.declare_cut("middle", 1.8e9 + 2, window=3, keep_for=700)
+    await store.declare_cut("late", 1.8e9 + 4, window=3, keep_for=700)
+
+    # "early" no longer matters one by one, but a replica reading back must know it expired
+    assert await store.read_cuts() == KeptCuts(1.8e9, {"middle": 1.8e9 + 2, "late": 1.8e9 + 4})
+
+
+async def test_the_kept_cuts_are_bounded(store: RedisStore, redis_server: RedisServer) -> None:
     client = redis_server.client()
-    client.hset(CUTS_KEY, mapping={f"writer-{n}": 1.8e9 + n for n in range(MAX_SCOPE_CUTS)})
+    client.zadd(CUTS_KEY, {f"writer-{n}": 1.8e9 + n * 1e-3 for n in range(MAX_RECENT_CUTS)})
 
-    await store.declare_cut("one-more", 1.8e9 - 5, keep_for=700)
+    await store.declare_cut("one-more", 1.8e9 + 5, window=100, keep_for=700)
 
-    # the hash stays bounded, and the newest cut it held is kept for everyone
-    assert await store.read_cuts() == {EVERYONE_MISS: 1.8e9 + MAX_SCOPE_CUTS - 1}
+    kept = await store.read_cuts()
+    assert len(kept.recent) == MAX_RECENT_CUTS
+    assert "writer-0" not in kept.recent
+    assert kept.expired_before == 1.8e9  # the one trimmed: its entries count as expired
 
 
 async def test_cuts_that_are_not_ours_are_skipped(
     store: RedisStore, redis_server: RedisServer
 ) -> None:
-    redis_server.client().hset(CUTS_KEY, mapping={"writer": "soon", "other": "1.5"})
-    assert await store.read_cuts() == {"other": 1.5}
+    client = redis_server.client()
+    client.zadd(CUTS_KEY, {"other": 1.5})
+    client.set(CUTS_EXPIRED_KEY, "soon")
+    assert await store.read_cuts() == KeptCuts(0.0, {"other": 1.5})

@@ -27,6 +27,7 @@ from proxy.ingest import (
     IngestReader,
     Unreadable,
     UnreadableBody,
+    unreadable_by_its_headers,
 )
 from proxy.invalidation import UNREADABLE_LOG_EVERY, Invalidator
 from proxy.metrics import Metrics
@@ -248,7 +249,11 @@ def test_every_step_is_short() -> None:
 async def test_ingest_lets_the_loop_run_between_slices() -> None:
     body = bomb(b"{},", 2 * 1024 * 1024)
     invalidator = Invalidator(
-        MemoryStore(10), Metrics(CollectorRegistry()), keep_for=60, cuts=Cuts(2, 60)
+        MemoryStore(10),
+        Metrics(CollectorRegistry()),
+        keep_for=60,
+        cuts=Cuts(2),
+        cut_window=3,
     )
     ticks = 0
 
@@ -279,7 +284,13 @@ async def test_ingest_drops_the_runs_it_reads_and_no_other() -> None:
     other = "b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     for run in (RUN, ingest_run_uuid("p-1"), other):
         await store.save(EntryKey(run, "run:s"), entry())
-    invalidator = Invalidator(store, Metrics(CollectorRegistry()), keep_for=60, cuts=Cuts(2, 60))
+    invalidator = Invalidator(
+        store,
+        Metrics(CollectorRegistry()),
+        keep_for=60,
+        cuts=Cuts(2),
+        cut_window=3,
+    )
 
     await invalidator.ingest(
         b'{"events":[{"runId":"%s","parentRunId":"p-1"}]}' % RUN.encode(), "writer"
@@ -296,8 +307,8 @@ async def test_an_unreadable_body_cuts_counted_and_logged_once_a_minute(
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     now, wall = [1000.0], [1.8e9]
-    cuts = Cuts(active_ttl=2, keep_for=60)
-    reads = CuttingStore(GuardedStore(MemoryStore(10), metrics), cuts)
+    cuts = Cuts(active_ttl=2)
+    reads = CuttingStore(GuardedStore(MemoryStore(10), metrics), cuts, clock=lambda: wall[0])
     for scope in ("writer", "other"):
         stored = Entry(200, "application/json", b"{}", '"e"', wall[0] - 10, 60, 600)
         await reads.save(EntryKey(RUN, f"run:{scope}", scope), stored)
@@ -307,6 +318,7 @@ async def test_an_unreadable_body_cuts_counted_and_logged_once_a_minute(
         metrics,
         keep_for=60,
         cuts=cuts,
+        cut_window=3,
         on_cut=lambda: detached.append(True),
         clock=lambda: now[0],
         wall_clock=lambda: wall[0],
@@ -333,3 +345,39 @@ async def test_an_unreadable_body_cuts_counted_and_logged_once_a_minute(
     message = "a write could not be read for invalidation: entries stored before it are cut"
     assert lines == [(message, "not_json", 0), (message, "not_json", 1)]
     assert "secret" not in caplog.text
+
+
+# -- keys as Lunary camelCases them, and what the headers alone make unreadable ----------------
+
+
+@pytest.mark.parametrize(
+    "key", ["runId", "run_id", "run-id", "RUN_ID", "runID", "Run Id", "run.id", "run\\u005fid"]
+)
+def test_every_spelling_lunary_camelcases_to_an_id_key_is_read(key: str) -> None:
+    body = b'{"events":[[{"%s":"legacy-1","parent_run_id":"p-1"}]]}' % key.encode()
+    assert read(body) == {ingest_run_uuid("legacy-1"), ingest_run_uuid("p-1")}
+
+
+def test_a_key_that_only_looks_like_an_id_key_in_a_value_is_not_read() -> None:
+    assert read(b'{"events":[{"note":"run_id","x":"parentRunId"}]}') == set()
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "reason"),
+    [
+        (b"/v1/traces", [(b"content-type", b"application/json")], Unreadable.OTLP),
+        (b"/V1/Traces/", [], Unreadable.OTLP),
+        (b"/v1/runs/ingest", [(b"content-encoding", b"gzip")], Unreadable.ENCODED),
+        (b"/v1/runs/ingest", [(b"content-type", b"text/plain")], Unreadable.NOT_JSON),
+        (b"/v1/runs/ingest", [(b"content-type", b"application/x-www-form-urlencoded")],
+         Unreadable.NOT_JSON),
+        (b"/v1/runs/ingest", [(b"content-type", b"application/json; charset=utf-8")], None),
+        (b"/api/report", [(b"content-type", b"application/vnd.lunary+json")], None),
+        (b"/v1/runs/ingest", [(b"content-encoding", b"identity")], None),
+        (b"/v1/runs/ingest", [], None),
+    ],
+)  # fmt: skip
+def test_what_the_headers_alone_make_unreadable(
+    path: bytes, headers: list[tuple[bytes, bytes]], reason: Unreadable | None
+) -> None:
+    assert unreadable_by_its_headers(path, headers) == reason
