@@ -36,7 +36,7 @@ class SpoolUnavailable(Exception):
     """The body cannot be spooled now: the spool budget is spent, or the disk refused."""
 
 
-class SpoolBudget:
+class ByteBudget:
     """Bytes of request bodies held at once (on disk, or in memory), across the process."""
 
     def __init__(self, limit: int) -> None:
@@ -64,7 +64,7 @@ class _Spool:
     64 KiB, cheaper than a thread hop each.
     """
 
-    def __init__(self, budget: SpoolBudget) -> None:
+    def __init__(self, budget: ByteBudget) -> None:
         self._budget = budget
         self._charged = 0
         try:
@@ -116,7 +116,7 @@ class RequestBody:
         size: int,
         memory: bytes,
         spool: _Spool | None,
-        memory_budget: SpoolBudget,
+        memory_budget: ByteBudget,
         read_backs: asyncio.Semaphore,
     ) -> None:
         self.size = size
@@ -175,8 +175,8 @@ class BodyBuffer:
     def __init__(self, max_bytes: int, memory_bytes: int, spool_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._memory_bytes = memory_bytes
-        self._budget = SpoolBudget(spool_bytes)
-        self._memory_budget = SpoolBudget(MEMORY_BODIES * memory_bytes)
+        self._budget = ByteBudget(spool_bytes)
+        self._memory_budget = ByteBudget(MEMORY_BODIES * memory_bytes)
         self._read_backs = asyncio.Semaphore(READ_BACKS_AT_ONCE)
 
     async def read(self, chunks: AsyncIterator[bytes]) -> RequestBody:
@@ -200,8 +200,8 @@ class _Arriving:
         self,
         max_bytes: int,
         memory_bytes: int,
-        budget: SpoolBudget,
-        memory_budget: SpoolBudget,
+        budget: ByteBudget,
+        memory_budget: ByteBudget,
         read_backs: asyncio.Semaphore,
     ) -> None:
         self._max_bytes = max_bytes
