@@ -128,10 +128,18 @@ SCOPE_SECRET = "benchmark-scope-secret-0123456789abcdef"
 
 
 def shared_proxy(
-    port: int, origin_url: str, redis_url: str, *, module: str = "proxy", **settings: str
+    port: int,
+    origin_url: str,
+    redis_url: str,
+    *,
+    module: str = "proxy",
+    command: Sequence[str] | None = None,
+    name: str | None = None,
+    **settings: str,
 ) -> contextlib.AbstractContextManager[Service]:
     """The proxy in front of `origin_url`, caching in the Redis at `redis_url`; `module` is
-    what `python -m` runs (benchmarks/stock_server.py serves the same app another way);
+    what `python -m` runs (benchmarks/stock_server.py serves the same app another way), or
+    `command` the whole command line (benchmarks/revisions.py runs another tree's proxy);
     `settings` are PROXY_* settings without the prefix (`cache_ttl="3"`)."""
     env = {
         "PROXY_HOST": "127.0.0.1",
@@ -141,7 +149,8 @@ def shared_proxy(
         "PROXY_SCOPE_SECRET": SCOPE_SECRET,
     }
     env.update({f"PROXY_{name.upper()}": value for name, value in settings.items()})
-    return service(module.rsplit(".", 1)[-1], [sys.executable, "-m", module], port, env)
+    argv = [sys.executable, "-m", module] if command is None else list(command)
+    return service(name or module.rsplit(".", 1)[-1], argv, port, env)
 
 
 NGINX_CONF = """
