@@ -111,19 +111,11 @@ class RequestBody:
     """A whole request body: bytes in memory, or a spool file. Close it once the exchange is
     over, to drop the file and give its bytes back to the budget."""
 
-    def __init__(
-        self,
-        size: int,
-        memory: bytes,
-        spool: _Spool | None,
-        memory_budget: ByteBudget,
-        read_backs: asyncio.Semaphore,
-    ) -> None:
+    def __init__(self, size: int, memory: bytes, spool: _Spool | None, owner: BodyBuffer) -> None:
         self.size = size
         self._memory = memory
         self._spool = spool
-        self._memory_budget = memory_budget
-        self._read_backs = read_backs
+        self._owner = owner
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[bytes]:
@@ -133,7 +125,7 @@ class RequestBody:
         if self._spool is None:
             yield self._memory
             return
-        async with self._read_backs:
+        async with self._owner.read_backs:
             yield await self.whole()
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -165,7 +157,7 @@ class RequestBody:
     def close(self) -> None:
         if self._spool is not None:
             self._spool.close()
-        self._memory_budget.give(len(self._memory))
+        self._owner.memory_budget.give(len(self._memory))
         self._memory = b""
 
 
@@ -174,16 +166,14 @@ class BodyBuffer:
 
     def __init__(self, max_bytes: int, memory_bytes: int, spool_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._memory_bytes = memory_bytes
-        self._budget = ByteBudget(spool_bytes)
-        self._memory_budget = ByteBudget(MEMORY_BODIES * memory_bytes)
-        self._read_backs = asyncio.Semaphore(READ_BACKS_AT_ONCE)
+        self.memory_bytes = memory_bytes  # one body's
+        self.spool_budget = ByteBudget(spool_bytes)
+        self.memory_budget = ByteBudget(MEMORY_BODIES * memory_bytes)
+        self.read_backs = asyncio.Semaphore(READ_BACKS_AT_ONCE)
 
     async def read(self, chunks: AsyncIterator[bytes]) -> RequestBody:
         """Raises RequestTooLarge, SpoolUnavailable, or what `chunks` raises (client gone)."""
-        body = _Arriving(
-            self.max_bytes, self._memory_bytes, self._budget, self._memory_budget, self._read_backs
-        )
+        body = _Arriving(self)
         try:
             async for chunk in chunks:
                 body.add(chunk)
@@ -196,53 +186,41 @@ class BodyBuffer:
 class _Arriving:
     """A body as it arrives: parts in memory, all moved to a spool once past the bound."""
 
-    def __init__(
-        self,
-        max_bytes: int,
-        memory_bytes: int,
-        budget: ByteBudget,
-        memory_budget: ByteBudget,
-        read_backs: asyncio.Semaphore,
-    ) -> None:
-        self._max_bytes = max_bytes
-        self._memory_bytes = memory_bytes
-        self._budget = budget
-        self._memory_budget = memory_budget
-        self._read_backs = read_backs
-        self._in_memory = 0  # bytes of _parts, charged to the memory budget
+    def __init__(self, owner: BodyBuffer) -> None:
+        self._owner = owner
         self._size = 0
-        self._parts: list[bytes] = []
+        self._parts: list[bytes] = []  # charged to the owner's memory budget
         self._spool: _Spool | None = None
 
     def add(self, chunk: bytes) -> None:
+        owner = self._owner
         self._size += len(chunk)
-        if self._size > self._max_bytes:
+        if self._size > owner.max_bytes:
             raise RequestTooLarge
         if (
             self._spool is None
-            and self._size <= self._memory_bytes
-            and self._memory_budget.try_take(len(chunk))
+            and self._size <= owner.memory_bytes
+            and owner.memory_budget.try_take(len(chunk))
         ):
             self._parts.append(chunk)
-            self._in_memory += len(chunk)
             return
         if self._spool is None:
-            self._spool = _Spool(self._budget)
+            self._spool = _Spool(owner.spool_budget)
             for part in self._parts:
                 self._spool.write(part)
-            self._parts.clear()
-            self._memory_budget.give(self._in_memory)
-            self._in_memory = 0
+            self._give_memory_back()
         self._spool.write(chunk)
 
     def drop(self) -> None:
         if self._spool is not None:
             self._spool.close()
-        self._memory_budget.give(self._in_memory)
-        self._in_memory = 0
+        self._give_memory_back()
+
+    def _give_memory_back(self) -> None:
+        self._owner.memory_budget.give(sum(map(len, self._parts)))
+        self._parts.clear()
 
     def whole(self) -> RequestBody:
         if self._spool is not None:
             self._spool.finish()
-        memory = b"".join(self._parts)
-        return RequestBody(self._size, memory, self._spool, self._memory_budget, self._read_backs)
+        return RequestBody(self._size, b"".join(self._parts), self._spool, self._owner)
