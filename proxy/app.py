@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -33,7 +32,7 @@ from proxy.asgi import (
 from proxy.buffering import BodyBuffer, RequestBody, RequestTooLarge, SpoolUnavailable
 from proxy.cuts import Cuts
 from proxy.headers import hop_by_hop_credential, not_utf8
-from proxy.ingest import unreadable_by_its_headers
+from proxy.ingest import is_ingest, unreadable_by_its_headers
 from proxy.invalidation import Invalidator
 from proxy.lifecycle import CachedReads, Coordination, ReadRequest
 from proxy.metrics import Metrics
@@ -57,8 +56,6 @@ log = logging.getLogger("proxy")
 READ_METHODS = frozenset({"GET", "HEAD"})
 OWN_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics", b"/openapi.json"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# bodies of Lunary events: their runIds (and parents) are dropped after a successful ingest
-INGEST_PATHS = frozenset({b"/v1/runs/ingest", b"/api/report", b"/v1/traces"})
 JSON = (b"content-type", errors.JSON_TYPE)
 # the request spool budget is spent (or the disk refused): a moment later it may not be
 BUFFER_FULL = errors.ProxyErrorReply(
@@ -228,7 +225,7 @@ class ProxyApp:
         listener.lost()
         notices.on_cut = listener.heard
         notices.on_lost = listener.lost
-        notices.on_subscribed = lambda: _spawn(tasks, listener.catch_up(), "cuts")
+        notices.on_subscribed = lambda: tasks.spawn(listener.catch_up(), "cuts")
         if notices.subscribed.is_set():  # it subscribed while the store was being opened
             notices.on_subscribed()
 
@@ -413,7 +410,7 @@ class ProxyApp:
             written_run = match_run_write(raw_path)
             if written_run is not None:
                 await invalidator.run(written_run, "write")
-        if body is not None and method == "POST" and raw_path.lower().rstrip(b"/") in INGEST_PATHS:
+        if body is not None and method == "POST" and is_ingest(raw_path):
             writer = self._parts.reads.scope_of(headers)
             unreadable = unreadable_by_its_headers(raw_path, headers)
             if unreadable is not None:
@@ -463,10 +460,6 @@ class ProxyApp:
             failure = errors.not_ready(f"the store does not answer ({exc})")
             return failure.status, [JSON], failure.body()
         return 200, [JSON], orjson.dumps({"status": "ready"})
-
-
-def _spawn(tasks: TaskSet, coro: Coroutine[Any, Any, None], name: str) -> None:
-    tasks.spawn(coro, name)
 
 
 def _client_host(scope: Scope) -> str | None:

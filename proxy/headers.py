@@ -62,13 +62,8 @@ def hop_by_hop_credential(headers: Iterable[Header]) -> bytes | None:
     scoped by a credential Lunary never saw, and the anonymous answer stored under it. A
     credential is never meant for the proxy alone, so such a request is refused.
     """
-    for name, value in headers:
-        if name == b"connection":
-            for token in value.split(b","):
-                named = token.strip().lower()
-                if named in CREDENTIAL_HEADERS:
-                    return named
-    return None
+    named = _connection_named(headers) & CREDENTIAL_HEADERS
+    return min(named) if named else None
 
 
 def _connection_named(headers: Iterable[Header]) -> set[bytes]:

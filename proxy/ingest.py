@@ -43,12 +43,24 @@ class Unreadable(StrEnum):
 
 
 OTLP_PATH = b"/v1/traces"
+# the routes whose bodies are Lunary events: their runs are dropped after a 2xx
+INGEST_PATHS = frozenset({b"/v1/runs/ingest", b"/api/report", OTLP_PATH})
+
+
+def is_ingest(raw_path: bytes) -> bool:
+    """Whether a path is an ingest route, in any case and with a trailing slash, as Lunary's
+    router reads it."""
+    return _route(raw_path) in INGEST_PATHS
+
+
+def _route(raw_path: bytes) -> bytes:
+    return raw_path.lower().rstrip(b"/")
 
 
 def unreadable_by_its_headers(path: bytes, headers: Sequence[Header]) -> Unreadable | None:
     """What makes an ingest unreadable before its body is looked at: OTLP spans, an encoded
     body, or a media type other than JSON (a body without one is left to the reader)."""
-    if path.lower().rstrip(b"/") == OTLP_PATH:
+    if _route(path) == OTLP_PATH:
         return Unreadable.OTLP
     for name, value in headers:
         if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):

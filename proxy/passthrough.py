@@ -20,7 +20,8 @@ from proxy.ratelimit import Cooldowns, RateLimited
 # body is read whole before it goes up (the client had its `100 Continue` then), so `Expect` is
 # not relayed, and it goes up with its own length, never chunked as the client may have sent it.
 PASS_DROP = frozenset({b"host", b"x-forwarded-for", b"expect"})
-BODY_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# with a body: its framing too, replaced by its own Content-Length
+BODY_DROP = PASS_DROP | {b"content-length", b"transfer-encoding"}
 
 
 class Passthrough:
@@ -54,7 +55,7 @@ class Passthrough:
         client_host: str | None,
         body: RequestBody | None,
     ) -> StreamedResponse:
-        outgoing = end_to_end(headers, PASS_DROP if body is None else PASS_DROP | BODY_FRAMING)
+        outgoing = end_to_end(headers, PASS_DROP if body is None else BODY_DROP)
         if body is not None:
             outgoing.append((b"content-length", b"%d" % body.size))
         chain = forwarded_for([v for n, v in headers if n == b"x-forwarded-for"], client_host)

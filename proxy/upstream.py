@@ -248,8 +248,8 @@ class _Upload:
     task: asyncio.Task[Any] | None  # the task waiting for the answer
     response: aiohttp.ClientResponse | None = None  # the answer, once it came
     stalled: bool = False
-    # what the client's body raised (too large, client gone): aiohttp reports it as a
-    # connection error, and the caller must answer it for what it is
+    # what reading the body raised (a buffered body's spool file failing): aiohttp reports it
+    # as a connection error, and the caller must answer it for what it is
     failure: Exception | None = None
 
 

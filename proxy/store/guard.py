@@ -163,10 +163,15 @@ class GuardedStore:
         self._close_breaker()
         return result
 
+    @property
+    def _owes(self) -> bool:
+        """Invalidations or cuts the store missed, to send before it is read again."""
+        return bool(self._owed or self._owed_cuts)
+
     def _probe(self) -> bool:
         """Whether this call probes the store (False: it just uses it); StoreUnavailable when it
         must skip it. An open breaker, or invalidations owed, let one call at a time through."""
-        if self._open_until is None and not self._owed and not self._owed_cuts:
+        if self._open_until is None and not self._owes:
             return False
         if self._probing or (self._open_until is not None and self._clock() < self._open_until):
             raise StoreUnavailable("store breaker is open")
@@ -267,7 +272,7 @@ class GuardedStore:
         self._open_until = self._clock() + self._open_for
 
     def _close_breaker(self) -> None:
-        if self._open_until is not None and not self._owed and not self._owed_cuts:
+        if self._open_until is not None and not self._owes:
             self._open_until = None
             log.info("store answers again, caching resumes")
             self._metrics.breaker_open(False)

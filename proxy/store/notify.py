@@ -40,7 +40,7 @@ class FillNotices:
         # a fail-safe cut (proxy/cuts.py): its field and time
         self.on_cut: Callable[[str, float], None] = lambda field, at: None
         # (re)subscribed, and lost: cuts announced while this listener was away are read back
-        self.on_subscribed: Callable[[], None] = lambda: None
+        self.on_subscribed: Callable[[], object] = lambda: None
         self.on_lost: Callable[[], None] = lambda: None
 
     @contextlib.contextmanager
