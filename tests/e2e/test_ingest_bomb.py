@@ -63,8 +63,9 @@ def ingest_sink() -> Iterator[str]:
         process.wait(timeout=10)
 
 
-# Sends `count` bombs of `size` bytes at once from a process of its own and prints their
-# statuses: four uploading threads in the test process would make the poller wait for the GIL,
+# Sends `count` bombs (`{"events":[{},{},...]}` of exactly `size` bytes: millions of events
+# naming no run) at once from a process of its own and prints their statuses: four uploading
+# threads in the test process would make the poller wait for the GIL,
 # and /healthz would measure the test's client rather than the proxy.
 BOMBER = """
 import http.client, sys, threading
@@ -97,14 +98,6 @@ def send_bombs(port: int, count: int, size: int) -> list[int]:
         check=True,
     )
     return [int(status) for status in done.stdout.split()]
-
-
-def bomb(size: int) -> bytes:
-    """`{"events":[{},{},...]}` of exactly `size` bytes: millions of events naming no run."""
-    head, tail = b'{"events":[{}', b"]}"
-    count = (size - len(head) - len(tail)) // 3
-    body = head + b",{}" * count + tail
-    return body + b" " * (size - len(body))
 
 
 def memory_kib(pid: int, field: str) -> int:
@@ -149,7 +142,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def test_parallel_ingest_bombs_keep_memory_bounded_and_the_loop_free() -> None:
-    body = bomb(MAX_REQUEST_BYTES - 64)
+    size = MAX_REQUEST_BYTES - 64  # each bomb, just under the limit: built by BOMBER
     settings = {"PROXY_LOG_LEVEL": "error", "PROXY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES)}
     with ingest_sink() as sink, ProxyProcess(PROXY_UPSTREAM_URL=sink, **settings) as proxy:
         pid = proxy.process.pid
@@ -161,11 +154,11 @@ def test_parallel_ingest_bombs_keep_memory_bounded_and_the_loop_free() -> None:
         answers: list[int] = []
         with HealthPoller(proxy.url) as poller:
             for _ in range(ROUNDS):
-                answers += send_bombs(proxy.port, BOMBS, len(body))
+                answers += send_bombs(proxy.port, BOMBS, size)
         peak_kib = memory_kib(pid, "VmHWM")
 
     latencies = poller.latencies
-    in_flight_kib = BOMBS * len(body) // 1024
+    in_flight_kib = BOMBS * size // 1024
     print(
         f"idle RSS {idle_kib / 1024:.0f} MiB, peak {peak_kib / 1024:.0f} MiB, "
         f"bodies {in_flight_kib / 1024:.0f} MiB; /healthz n={len(latencies)} "

@@ -7,6 +7,7 @@ healed partition): an invalidation that failed while it was away must land befor
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -14,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from proxy.metrics import Metrics
 from proxy.model import Entry, EntryKey, Lookup
 from proxy.ports import StoreError, StoreUnavailable
-from proxy.store.guard import GuardedStore
+from proxy.store.guard import MAX_OWED, GuardedStore
 from proxy.store.memory import MemoryStore
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
@@ -168,3 +169,24 @@ async def test_a_fill_of_a_run_whose_invalidation_is_owed_stores_nothing(
     await guard.end_fill(KEY, "token", fresher)
 
     assert (await inner.lookup(KEY)).entry == ENTRY  # what was there, not the fill's answer
+
+
+async def test_past_the_most_owed_the_oldest_is_dropped_with_one_warning(
+    parts: tuple[AwayStore, GuardedStore, list[float]], caplog: pytest.LogCaptureFixture
+) -> None:
+    inner, guard, _ = parts
+    inner.away = True
+    runs = [f"run-{n}" for n in range(MAX_OWED + 2)]
+    with caplog.at_level(logging.WARNING, logger="proxy.store"):
+        for run in runs:
+            with pytest.raises(StoreError):
+                await guard.invalidate_run(run, 10)
+
+    assert len(guard._owed) == MAX_OWED
+    assert runs[0] not in guard._owed
+    assert runs[1] not in guard._owed
+    assert runs[-1] in guard._owed
+    assert [r.getMessage() for r in caplog.records].count(
+        "too many invalidations missed while the store was away: the oldest runs' entries "
+        "will live until their TTL"
+    ) == 1

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.buffering import MEMORY_BODIES, BodyBuffer, RequestBody, SpoolUnavailable
+from proxy.buffering import (
+    MEMORY_BODIES,
+    READ_BACKS_AT_ONCE,
+    BodyBuffer,
+    RequestBody,
+    SpoolUnavailable,
+)
 
 BUFFER = 1_000
 
@@ -62,3 +69,26 @@ async def test_a_body_dropped_half_way_gives_its_memory_back() -> None:
             await buffer.read(cut_short())
     # nothing leaked: a full body still fits in memory with no spool budget at all
     assert await (await buffer.read(arriving(b"k" * BUFFER))).whole() == b"k" * BUFFER
+
+
+async def test_spooled_bodies_are_read_back_a_few_at_a_time() -> None:
+    buffer = BodyBuffer(max_bytes=10 * BUFFER, memory_bytes=BUFFER, spool_bytes=100 * BUFFER)
+    bodies = [await buffer.read(arriving(b"s" * (2 * BUFFER))) for _ in range(6)]
+    assert all(body._spool is not None for body in bodies)
+    reading, most = 0, 0
+
+    async def read(body: RequestBody) -> bytes:
+        nonlocal reading, most
+        async with body.reading() as data:
+            reading += 1
+            most = max(most, reading)
+            await asyncio.sleep(0.01)
+            reading -= 1
+            return data
+
+    read_back = await asyncio.gather(*(read(body) for body in bodies))
+    for body in bodies:
+        body.close()
+
+    assert most == READ_BACKS_AT_ONCE
+    assert read_back == [b"s" * (2 * BUFFER)] * 6

@@ -29,7 +29,7 @@ from proxy.ingest import (
     UnreadableBody,
     unreadable_by_its_headers,
 )
-from proxy.invalidation import UNREADABLE_LOG_EVERY, Invalidator
+from proxy.invalidation import DROPS_AT_ONCE, UNREADABLE_LOG_EVERY, Invalidator
 from proxy.metrics import Metrics
 from proxy.model import Entry, EntryKey
 from proxy.runs import filed_run_id, ingest_run_uuid, ingest_targets
@@ -381,3 +381,31 @@ def test_what_the_headers_alone_make_unreadable(
     path: bytes, headers: list[tuple[bytes, bytes]], reason: Unreadable | None
 ) -> None:
     assert unreadable_by_its_headers(path, headers) == reason
+
+
+async def test_an_ingest_of_many_runs_drops_them_a_few_at_a_time() -> None:
+    """A large body never queues all its invalidations for the store's pool at once."""
+
+    class Counting(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__(max_entries=10)
+            self.in_flight = self.most = self.calls = 0
+
+        async def invalidate_run(self, run_id: str, keep_for: float) -> int:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            await asyncio.sleep(0.001)
+            self.in_flight -= 1
+            self.calls += 1
+            return await super().invalidate_run(run_id, keep_for)
+
+    store = Counting()
+    invalidator = Invalidator(
+        store, Metrics(CollectorRegistry()), keep_for=60, cuts=Cuts(2), cut_window=3
+    )
+    events = [{"runId": f"r{i}"} for i in range(MAX_RUNS)]
+
+    await invalidator.ingest(orjson.dumps({"events": events}), "writer")
+
+    assert store.calls == MAX_RUNS
+    assert store.most == DROPS_AT_ONCE
