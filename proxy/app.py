@@ -32,13 +32,20 @@ from proxy.asgi import (
 from proxy.buffering import BodyBuffer, RequestBody, RequestTooLarge, SpoolUnavailable
 from proxy.cuts import Cuts
 from proxy.headers import hop_by_hop_credential, not_utf8
-from proxy.ingest import is_ingest, unreadable_by_its_headers
+from proxy.ingest import Unreadable
+from proxy.ingest_routes import ingest_form, is_ingest
 from proxy.invalidation import Invalidator
 from proxy.lifecycle import CachedReads, Coordination, ReadRequest
 from proxy.metrics import Metrics
 from proxy.openapi import DOCUMENT_BYTES
 from proxy.passthrough import Passthrough
-from proxy.paths import check_path, is_own_surface, match_cached_route, match_run_write
+from proxy.paths import (
+    check_path,
+    is_own_surface,
+    match_cached_route,
+    match_run_write,
+    writes_unnamed_runs,
+)
 from proxy.policy import Lifetimes
 from proxy.ports import Store, StoreError, Upstream, UpstreamError
 from proxy.ratelimit import Cooldowns, RateLimited
@@ -179,6 +186,7 @@ class ProxyApp:
             cuts=cuts,
             # a cut matters one by one for the active-run TTL; a second more for clock skew
             cut_window=s.active_run_ttl + 1,
+            tasks=tasks,
             on_dropped=reads.forget_runs,
             on_cut=reads.forget_all,
         )
@@ -410,14 +418,18 @@ class ProxyApp:
             written_run = match_run_write(raw_path)
             if written_run is not None:
                 await invalidator.run(written_run, "write")
+            elif writes_unnamed_runs(method, raw_path):
+                writer = self._parts.reads.scope_of(headers)
+                await invalidator.cut("unnamed_runs", writer)
+                return
         if body is not None and method == "POST" and is_ingest(raw_path):
             writer = self._parts.reads.scope_of(headers)
-            unreadable = unreadable_by_its_headers(raw_path, headers)
-            if unreadable is not None:
-                await invalidator.unreadable(unreadable, writer)
+            form = ingest_form(raw_path, headers)
+            if isinstance(form, Unreadable):
+                await invalidator.unreadable(form, writer)
                 return
             async with body.reading() as events:
-                await invalidator.ingest(events, writer)
+                await invalidator.ingest(form, events, writer)
 
     async def _admin(
         self, raw_path: bytes, method: str, headers: list[tuple[bytes, bytes]], send: Send

@@ -16,12 +16,11 @@ Lunary does, or more than MAX_RUNS ids raise UnreadableBody, for the caller to f
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from enum import StrEnum
 
 import orjson
 
-from proxy.headers import Header
 from proxy.runs import INGEST_ID_KEYS, INGEST_KEY_SEPARATORS, filed_run_id, ingest_key
 
 STEP_BYTES = 16 * 1024  # one step: at most a few milliseconds of CPU, whatever the bytes
@@ -35,46 +34,13 @@ MAX_SEPARATORS = 4  # between two letters of an id key (run_id); the pattern's l
 class Unreadable(StrEnum):
     """Why a body could not be read exactly: a stable token for logs (and metrics)."""
 
-    NOT_JSON = "not_json"  # compressed, protobuf, a form, UTF-16: not UTF-8 JSON
-    ENCODED = "encoded"  # a Content-Encoding (Lunary inflates gzip and deflate)
-    OTLP = "otlp"  # OpenTelemetry spans: how Lunary maps them to runs is not read yet
+    NOT_JSON = "not_json"  # protobuf, a form, UTF-16: not UTF-8 JSON
+    ENCODED = "encoded"  # a Content-Encoding other than gzip and deflate, or a corrupt stream
+    TOO_LARGE = "too_large"  # inflates past what Lunary reads (20 MiB)
+    NOT_PROTOBUF = "not_protobuf"  # an OTLP export that is not protobuf as Lunary decodes it
     ID_VALUE = "id_value"  # an id key whose value cannot be read as Lunary reads it
     TOO_MANY_RUNS = "too_many_runs"
-
-
-OTLP_PATH = b"/v1/traces"
-# the routes whose bodies are Lunary events: their runs are dropped after a 2xx
-INGEST_PATHS = frozenset({b"/v1/runs/ingest", b"/api/report", OTLP_PATH})
-
-
-def is_ingest(raw_path: bytes) -> bool:
-    """Whether a path is an ingest route, in any case and with a trailing slash, as Lunary's
-    router reads it."""
-    return _route(raw_path) in INGEST_PATHS
-
-
-def _route(raw_path: bytes) -> bytes:
-    return raw_path.lower().rstrip(b"/")
-
-
-def unreadable_by_its_headers(path: bytes, headers: Sequence[Header]) -> Unreadable | None:
-    """What makes an ingest unreadable before its body is looked at: OTLP spans, an encoded
-    body, or a media type other than JSON (a body without one is left to the reader)."""
-    if _route(path) == OTLP_PATH:
-        return Unreadable.OTLP
-    for name, value in headers:
-        if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
-            return Unreadable.ENCODED
-        if name == b"content-type" and not _is_json(value):
-            return Unreadable.NOT_JSON
-    return None
-
-
-def _is_json(content_type: bytes) -> bool:
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or (
-        media.startswith(b"application/") and media.endswith(b"+json")
-    )
+    TOO_MANY_FIELDS = "too_many_fields"  # an OTLP export of more fields than the proxy walks
 
 
 class UnreadableBody(Exception):
@@ -138,13 +104,23 @@ _LONGEST_PAIR = 2 + _LONGEST_KEY + 2 * MAX_GAP + 1 + 2 + 2 * MAX_ID_LENGTH
 _OPENING = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]{0,%d}+[\[{]" % MAX_GAP)
 # after an id key with no readable value: a colon (or whitespace past MAX_GAP) makes it a key
 _STILL_A_KEY = re.compile(rb"[ \t\r\n]{0,%d}+[: \t\r\n]" % MAX_GAP)
+_OPENING_BYTES = 3 + MAX_GAP + 1
+# held before a slice is read: the slice, the longest pair that starts in it, and what
+# _STILL_A_KEY looks at after that pair
+_SLICE_NEEDS = STEP_BYTES + _LONGEST_PAIR + MAX_GAP + 1
 
 
 class IngestReader:
-    """The runs one ingest body names: `run_ids`, as Lunary files them, once slices() is done."""
+    """The runs one ingest body names: `run_ids`, as Lunary files them, once slices() is done.
 
-    def __init__(self, body: bytes) -> None:
-        self._body = body
+    The body comes whole (bytes) or in pieces (an inflating stream): only the slice being read
+    and what a pair may span past it are held, never the whole of a stream.
+    """
+
+    def __init__(self, body: bytes | Iterator[bytes]) -> None:
+        self._pieces = iter((body,)) if isinstance(body, bytes) else body
+        self._body = b""  # the bytes held: from the slice being read to what has come
+        self._ended = False  # no more pieces to come
         self._pos = 0
         self._seen: set[bytes] = set()  # id values read, as spelled: at most MAX_RUNS
         self.run_ids: set[str] = set()
@@ -154,11 +130,22 @@ class IngestReader:
 
         Raises UnreadableBody when the body may name runs this reader cannot tell.
         """
+        self._take(_OPENING_BYTES)
         if not _OPENING.match(self._body):
             raise UnreadableBody(Unreadable.NOT_JSON)
-        while self._pos < len(self._body):
+        while self._take(_SLICE_NEEDS) > self._pos:
             self._read_slice()
             yield
+
+    def _take(self, needed: int) -> int:
+        """Hold `needed` bytes from the position on, or all that is left; their end."""
+        while not self._ended and len(self._body) - self._pos < needed:
+            piece = next(self._pieces, None)
+            if piece is None:
+                self._ended = True
+            else:  # what was read is let go: a pair that starts after it is all that is kept
+                self._body, self._pos = self._body[self._pos :] + piece, 0
+        return len(self._body)
 
     def _read_slice(self) -> None:
         body, start = self._body, self._pos

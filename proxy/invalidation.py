@@ -4,18 +4,25 @@ cannot read, the fail-safe cut (proxy/cuts.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection
 
 from proxy.cuts import Cuts
-from proxy.ingest import IngestReader, Unreadable, UnreadableBody
+from proxy.ingest import Unreadable, UnreadableBody
+from proxy.ingest_routes import IngestForm
 from proxy.metrics import Metrics
 from proxy.ports import Store, StoreError
+from proxy.tasks import TaskSet
 
 log = logging.getLogger("proxy.invalidation")
 UNREADABLE_LOG_EVERY = 60.0  # seconds between warnings about unreadable ingest bodies
 DROPS_AT_ONCE = 32  # invalidations of one ingest in flight together (the Redis pool is 64)
+# after a write Lunary applies once it has answered (OTLP), its runs are dropped again this many
+# seconds after the answer: a read that raced Lunary's own write and cached the run as it was
+# is replaced by then (Lunary on loopback applies a small export within milliseconds)
+DROPS_AGAIN_AFTER = (1.0, 5.0)
 
 
 class Invalidator:
@@ -28,6 +35,8 @@ class Invalidator:
         keep_for: float,
         cuts: Cuts,
         cut_window: float,
+        tasks: TaskSet | None = None,
+        drop_again_after: tuple[float, ...] = DROPS_AGAIN_AFTER,
         on_dropped: Callable[[Collection[str]], None] = lambda run_ids: None,
         on_cut: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
@@ -40,6 +49,8 @@ class Invalidator:
         self._cuts = cuts
         self._cut_window = cut_window
         self._on_cut = on_cut
+        self._tasks = tasks  # where the later drops of an OTLP export run; None: none
+        self._drop_again_after = drop_again_after
         self._clock = clock
         self._wall_clock = wall_clock
         self._unreadable_logged_at: float | None = None
@@ -66,21 +77,30 @@ class Invalidator:
         self._metrics.invalidation(source, ok=True)
         return True
 
-    async def ingest(self, body: bytes, scope: str) -> None:
-        """Drop the runs an ingest body names: every runId, and every parentRunId's too.
+    async def ingest(self, form: IngestForm, body: bytes, scope: str) -> None:
+        """Drop the runs an ingest body names: every runId and parentRunId of its events, or
+        every run its OTLP spans and log records become.
 
         The body is read a slice at a time, yielding to the loop between slices, keeping only
-        the ids it finds (at most ingest.MAX_RUNS). Deeper ancestors' `/related` entries are
-        left to their TTL.
+        the ids it finds (at most ingest.MAX_RUNS); what cannot be read is a cut. Deeper
+        ancestors' `/related` entries are left to their TTL. When Lunary applies the write
+        after answering, the runs are dropped again `drop_again_after` seconds later.
         """
-        reader = IngestReader(body)
+        reader = form.reader(body)
         try:
             for _ in reader.slices():
                 await asyncio.sleep(0)
         except UnreadableBody as exc:
             await self.unreadable(exc.reason, scope)
             return
-        self._on_dropped(reader.run_ids)  # one pass over the fills under way, for all of them
+        await self._drop_all(reader.run_ids)
+        if form.applied_after_answer and reader.run_ids and self._tasks is not None:
+            # shutting down (the task set is closed): the entries live until their TTL
+            with contextlib.suppress(RuntimeError):
+                self._tasks.spawn(self._drop_again(reader.run_ids), "drop-again")
+
+    async def _drop_all(self, run_ids: Collection[str]) -> None:
+        self._on_dropped(run_ids)  # one pass over the fills under way, for all of them
         # together, a few at a time: a slow store costs a store timeout or two, not one per
         # run, and a body of many runs does not queue a thousand calls for the pool at once
         slots = asyncio.Semaphore(DROPS_AT_ONCE)
@@ -89,9 +109,22 @@ class Invalidator:
             async with slots:
                 await self._drop(run_id, "ingest")
 
-        await asyncio.gather(*(drop(run_id) for run_id in sorted(reader.run_ids)))
+        await asyncio.gather(*(drop(run_id) for run_id in sorted(run_ids)))
+
+    async def _drop_again(self, run_ids: Collection[str]) -> None:
+        waited = 0.0
+        for delay in self._drop_again_after:
+            await asyncio.sleep(delay - waited)
+            waited = delay
+            await self._drop_all(run_ids)
 
     async def unreadable(self, reason: Unreadable, scope: str) -> None:
+        """Fail safe after an ingest whose body the proxy could not read: a cut, counted in
+        ingest_unparsed too."""
+        self._metrics.ingest_unparsed()
+        await self.cut(reason.value, scope)
+
+    async def cut(self, reason: str, scope: str) -> None:
         """Fail safe after a write that may have changed runs we could not tell: cut every
         entry stored before now (the writer's become misses, everyone else's are fresh for at
         most the active-run TTL and never stale), count it, warn at most once a minute (never
@@ -99,13 +132,14 @@ class Invalidator:
         at = self._wall_clock()
         self._cuts.cut(scope, at)
         self._on_cut()
-        self._metrics.ingest_unparsed()
+        self._metrics.cut(reason)
         now = self._clock()
         last = self._unreadable_logged_at
         if last is None or now - last >= UNREADABLE_LOG_EVERY:
             log.warning(
-                "a write could not be read for invalidation: entries stored before it are cut",
-                extra={"reason": reason.value, "unlogged_since": self._unreadable_unlogged},
+                "a write may have changed runs the proxy cannot name: entries stored before it "
+                "are cut",
+                extra={"reason": reason, "unlogged_since": self._unreadable_unlogged},
             )
             self._unreadable_logged_at, self._unreadable_unlogged = now, 0
         else:

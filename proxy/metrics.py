@@ -100,6 +100,12 @@ class Metrics:
             "Ingest bodies forwarded but not read exactly: each made a fail-safe cut.",
             registry=registry,
         )
+        self._cuts = Counter(
+            "lunary_proxy_cuts",
+            "Fail-safe cuts, by reason: writes that may have changed runs the proxy cannot name.",
+            ["reason"],
+            registry=registry,
+        )
         Info("lunary_proxy_build", "Build information.", registry=registry).info(
             {"version": __version__}
         )
@@ -142,6 +148,9 @@ class Metrics:
 
     def ingest_unparsed(self) -> None:
         self._ingest_unparsed.inc()
+
+    def cut(self, reason: str) -> None:
+        self._cuts.labels(reason).inc()
 
     def coalesced(self, outcome: str) -> None:
         self._coalesced.labels(outcome).inc()

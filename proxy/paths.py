@@ -114,6 +114,33 @@ def match_run_write(raw_path: bytes) -> str | None:
     return canonical_run_id(unquote_segment(parts[3]))
 
 
+# Lunary routes (commit a86d698) that change runs they do not name: deleting an external user
+# deletes its runs, a project its runs, a template its runs' templateVersionId; changing or
+# deleting an evaluator changes every run it evaluated. As (method, the collection under /v1/).
+_WRITES_UNNAMED_RUNS = frozenset(
+    {
+        ("DELETE", b"external-users"),
+        ("DELETE", b"projects"),
+        ("DELETE", b"templates"),
+        ("PATCH", b"evaluators"),
+        ("DELETE", b"evaluators"),
+    }
+)
+
+
+def writes_unnamed_runs(method: str, raw_path: bytes) -> bool:
+    """Whether a write to `/v1/{collection}/{id}` changes runs its request does not name (the
+    caller fails safe with a cut). Read as Lunary's router reads paths: any case, a trailing
+    slash."""
+    parts = raw_path.lower().rstrip(b"/").split(b"/")
+    return (
+        len(parts) == 4
+        and not parts[0]
+        and parts[1] == b"v1"
+        and (method, parts[2]) in _WRITES_UNNAMED_RUNS
+    )
+
+
 def is_own_surface(raw_path: bytes) -> bool:
     """`/admin...` and `/openapi.json` however a server might normalise the path: never
     forwarded, so a mistyped purge cannot carry the admin token to Lunary.

@@ -27,8 +27,8 @@ from proxy.ingest import (
     IngestReader,
     Unreadable,
     UnreadableBody,
-    unreadable_by_its_headers,
 )
+from proxy.ingest_routes import IngestForm, ingest_form
 from proxy.invalidation import DROPS_AT_ONCE, UNREADABLE_LOG_EVERY, Invalidator
 from proxy.metrics import Metrics
 from proxy.model import Entry, EntryKey
@@ -266,7 +266,7 @@ async def test_ingest_lets_the_loop_run_between_slices() -> None:
     ticking = asyncio.create_task(ticker())
     await asyncio.sleep(0)
     ticks = 0
-    await invalidator.ingest(body, "writer")
+    await invalidator.ingest(IngestForm(), body, "writer")
     ticking.cancel()
 
     assert ticks >= len(body) // STEP_BYTES
@@ -293,7 +293,7 @@ async def test_ingest_drops_the_runs_it_reads_and_no_other() -> None:
     )
 
     await invalidator.ingest(
-        b'{"events":[{"runId":"%s","parentRunId":"p-1"}]}' % RUN.encode(), "writer"
+        IngestForm(), b'{"events":[{"runId":"%s","parentRunId":"p-1"}]}' % RUN.encode(), "writer"
     )
 
     assert (await store.lookup(EntryKey(RUN, "run:s"))).entry is None
@@ -326,11 +326,11 @@ async def test_an_unreadable_body_cuts_counted_and_logged_once_a_minute(
     secret_body = gzip.compress(b'{"events":[{"runId":"secret-run"}]}')
 
     with caplog.at_level(logging.WARNING, logger="proxy.invalidation"):
-        await invalidator.ingest(secret_body, "writer")
+        await invalidator.ingest(IngestForm(), secret_body, "writer")
         now[0] += 1
-        await invalidator.ingest(b'{"runId":1.5}', "writer")
+        await invalidator.ingest(IngestForm(), b'{"runId":1.5}', "writer")
         now[0] += UNREADABLE_LOG_EVERY
-        await invalidator.ingest(b"{}" + b"\0", "writer")
+        await invalidator.ingest(IngestForm(), b"{}" + b"\0", "writer")
 
     writers = await reads.lookup(EntryKey(RUN, "run:writer", "writer"))
     others = await reads.lookup(EntryKey(RUN, "run:other", "other"))
@@ -342,7 +342,9 @@ async def test_an_unreadable_body_cuts_counted_and_logged_once_a_minute(
     assert registry.get_sample_value("lunary_proxy_ingest_unparsed_total") == 3
     lines = [(r.getMessage(), r.__dict__["reason"], r.__dict__["unlogged_since"])
              for r in caplog.records]  # fmt: skip
-    message = "a write could not be read for invalidation: entries stored before it are cut"
+    message = (
+        "a write may have changed runs the proxy cannot name: entries stored before it are cut"
+    )
     assert lines == [(message, "not_json", 0), (message, "not_json", 1)]
     assert "secret" not in caplog.text
 
@@ -365,9 +367,11 @@ def test_a_key_that_only_looks_like_an_id_key_in_a_value_is_not_read() -> None:
 @pytest.mark.parametrize(
     ("path", "headers", "reason"),
     [
-        (b"/v1/traces", [(b"content-type", b"application/json")], Unreadable.OTLP),
-        (b"/V1/Traces/", [], Unreadable.OTLP),
-        (b"/v1/runs/ingest", [(b"content-encoding", b"gzip")], Unreadable.ENCODED),
+        (b"/v1/traces", [(b"content-type", b"application/json")], Unreadable.NOT_PROTOBUF),
+        (b"/V1/Traces/", [], Unreadable.NOT_PROTOBUF),
+        (b"/v1/logs", [(b"content-type", b"text/plain")], Unreadable.NOT_PROTOBUF),
+        (b"/v1/runs/ingest", [(b"content-encoding", b"br")], Unreadable.ENCODED),
+        (b"/v1/runs/ingest", [(b"content-encoding", b"gzip")] * 2, Unreadable.ENCODED),
         (b"/v1/runs/ingest", [(b"content-type", b"text/plain")], Unreadable.NOT_JSON),
         (b"/v1/runs/ingest", [(b"content-type", b"application/x-www-form-urlencoded")],
          Unreadable.NOT_JSON),
@@ -380,7 +384,8 @@ def test_a_key_that_only_looks_like_an_id_key_in_a_value_is_not_read() -> None:
 def test_what_the_headers_alone_make_unreadable(
     path: bytes, headers: list[tuple[bytes, bytes]], reason: Unreadable | None
 ) -> None:
-    assert unreadable_by_its_headers(path, headers) == reason
+    form = ingest_form(path, headers)
+    assert (form if isinstance(form, Unreadable) else None) == reason
 
 
 async def test_an_ingest_of_many_runs_drops_them_a_few_at_a_time() -> None:
@@ -405,7 +410,7 @@ async def test_an_ingest_of_many_runs_drops_them_a_few_at_a_time() -> None:
     )
     events = [{"runId": f"r{i}"} for i in range(MAX_RUNS)]
 
-    await invalidator.ingest(orjson.dumps({"events": events}), "writer")
+    await invalidator.ingest(IngestForm(), orjson.dumps({"events": events}), "writer")
 
     assert store.calls == MAX_RUNS
     assert store.most == DROPS_AT_ONCE

@@ -11,6 +11,7 @@ from proxy.paths import (
     match_cached_route,
     match_run_write,
     normalise_query,
+    writes_unnamed_runs,
 )
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
@@ -177,3 +178,22 @@ def test_other_paths_are_not_the_own_surface(path: bytes) -> None:
 )
 def test_run_writes_name_their_run(path: bytes, run: str | None) -> None:
     assert match_run_write(path) == run
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "cuts"),
+    [
+        ("DELETE", b"/v1/external-users/42", True),  # its runs go with it
+        ("DELETE", b"/V1/Projects/%s/" % RUN.encode(), True),  # Lunary's router ignores case
+        ("DELETE", b"/v1/templates/7", True),
+        ("PATCH", b"/v1/evaluators/%s" % RUN.encode(), True),
+        ("DELETE", b"/v1/evaluators/%s" % RUN.encode(), True),
+        ("PATCH", b"/v1/projects/%s" % RUN.encode(), False),  # a rename changes no run
+        ("POST", b"/v1/evaluators", False),
+        ("DELETE", b"/v1/external-users", False),
+        ("DELETE", b"/v1/projects/x/members/y", False),
+        ("DELETE", b"/v1/runs/%s" % RUN.encode(), False),  # names its run: dropped exactly
+    ],
+)
+def test_the_writes_that_change_runs_they_do_not_name(method: str, path: bytes, cuts: bool) -> None:
+    assert writes_unnamed_runs(method, path) is cuts

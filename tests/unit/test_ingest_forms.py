@@ -1,0 +1,310 @@
+"""Every form Lunary ingests runs in is read as Lunary reads it: events inflated from gzip or
+deflate, OTLP spans and log records from protobuf; in bounded memory and short steps, and what
+cannot be read exactly is a cut (the caller's), never a silent miss."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import itertools
+import time
+import tracemalloc
+import uuid
+import zlib
+from collections.abc import Callable
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from prometheus_client import CollectorRegistry
+
+from proxy.cuts import Cuts
+from proxy.inflate import MAX_INFLATED_BYTES, PIECE_BYTES
+from proxy.ingest import MAX_RUNS, STEP_BYTES, IngestReader, Unreadable, UnreadableBody
+from proxy.ingest_routes import IngestForm, RunReader, ingest_form
+from proxy.invalidation import Invalidator
+from proxy.metrics import Metrics
+from proxy.model import Entry, EntryKey
+from proxy.otlp import MAX_FIELDS
+from proxy.runs import filed_run_id, ingest_run_uuid
+from proxy.store.memory import MemoryStore
+from proxy.tasks import TaskSet
+from tests.otlp import TOOL_CALL, attribute, logs, span, span_run, traces
+
+RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+JSON = [(b"content-type", b"application/json")]
+PROTOBUF = [(b"content-type", b"application/x-protobuf")]
+
+
+def form(path: bytes, headers: list[tuple[bytes, bytes]]) -> IngestForm:
+    found = ingest_form(path, headers)
+    assert isinstance(found, IngestForm), found
+    return found
+
+
+def read(reader: RunReader) -> set[str]:
+    for _ in reader.slices():
+        pass
+    return reader.run_ids
+
+
+def unreadable(reader: RunReader) -> Unreadable:
+    with pytest.raises(UnreadableBody) as caught:
+        read(reader)
+    return caught.value.reason
+
+
+def encoded(events: bytes, encoding: str) -> IngestForm:
+    return form(b"/v1/runs/ingest", [*JSON, (b"content-encoding", encoding.encode())])
+
+
+def deflate(data: bytes) -> bytes:
+    return zlib.compress(data)  # a zlib stream: what Node's createInflate reads
+
+
+COMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "GZip": gzip.compress,
+    "deflate": deflate,
+    "deflate ": gzip.compress,  # Lunary's createUnzip tells gzip from zlib by their headers
+    "gzip\t": deflate,
+}
+
+
+# -- events inflated (D3) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", sorted(COMPRESS))
+def test_an_encoded_body_names_the_runs_its_plain_form_does(encoding: str) -> None:
+    body = b'{"events":[[{"run_id":"%s","parent-run-id":"p-1","event":"feedback"}]]}' % (
+        RUN.encode()
+    )
+    reader = encoded(body, encoding).reader(COMPRESS[encoding](body))
+    assert read(reader) == read(IngestReader(body)) == {RUN, ingest_run_uuid("p-1")}
+
+
+def test_concatenated_gzip_members_are_all_read_as_node_reads_them() -> None:
+    first, second = b'{"events":[{"runId":"one",', b'"parentRunId":"two"}]}'
+    reader = encoded(b"", "gzip").reader(gzip.compress(first) + gzip.compress(second))
+    assert read(reader) == {ingest_run_uuid("one"), ingest_run_uuid("two")}
+
+
+def events_body(count: int, filler: int) -> bytes:
+    events = [{"runId": f"run-{i}", "input": "x" * filler, "parentRunId": f"p-{i}"}
+              for i in range(count)]  # fmt: skip
+    return orjson.dumps({"events": events})
+
+
+def test_ids_across_every_piece_boundary_of_an_inflating_stream_are_all_read() -> None:
+    body = events_body(450, 601)  # ids fall at every offset of the 64 KiB pieces
+    assert len(body) > 3 * PIECE_BYTES
+    expected = {ingest_run_uuid(f"run-{i}") for i in range(450)}
+    expected |= {ingest_run_uuid(f"p-{i}") for i in range(450)}
+    assert read(encoded(body, "gzip").reader(gzip.compress(body))) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ids=st.lists(st.text("abcdef0123456789-", min_size=1, max_size=40), max_size=30),
+    filler=st.integers(0, 3000),
+    cuts=st.lists(st.integers(1, 5000), max_size=40),
+)
+def test_a_body_read_in_pieces_names_what_the_whole_body_names(
+    ids: list[str], filler: int, cuts: list[int]
+) -> None:
+    """The reader holds only a window of a stream: where the pieces break must not matter."""
+    body = orjson.dumps({"events": [{"runId": i, "x": " " * filler} for i in ids]})
+    bounds = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+    pieces = iter([body[a:b] for a, b in itertools.pairwise(bounds)])
+    assert read(IngestReader(pieces)) == read(IngestReader(body)) == {filed_run_id(i) for i in ids}
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding"),
+    [
+        (b"not gzip at all", "gzip"),
+        (gzip.compress(b'{"events":[{"runId":"x"}]}')[:-6], "gzip"),  # truncated
+        (gzip.compress(b'{"events":[]}') + b"trailing", "gzip"),
+        (deflate(b'{"events":[]}') + deflate(b"{}"), "deflate"),
+        (zlib.compress(b'{"events":[]}')[2:-4], "deflate"),  # raw deflate: no zlib header
+        (b"", "gzip"),
+    ],
+)
+def test_a_body_that_does_not_inflate_as_its_encoding_says_is_unreadable(
+    body: bytes, encoding: str
+) -> None:
+    assert unreadable(encoded(b"", encoding).reader(body)) == Unreadable.ENCODED
+
+
+def test_a_bomb_inflates_no_further_than_lunary_reads_and_holds_one_piece_at_a_time() -> None:
+    bomb = gzip.compress(b"[" + b" " * (4 * MAX_INFLATED_BYTES) + b"]", compresslevel=9)
+    assert len(bomb) < MAX_INFLATED_BYTES // 100  # a small upload
+    tracemalloc.start()
+    try:
+        reason = unreadable(encoded(b"", "gzip").reader(bomb))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reason == Unreadable.TOO_LARGE
+    assert peak < 8 * PIECE_BYTES  # measured: about 3 pieces (one held, one new, a copy)
+
+
+def test_inflating_and_reading_yield_in_short_steps() -> None:
+    body = b'{"events":[' + b'{"runId":"same"},' * 1_000_000 + b"{}]}"
+    steps = iter(encoded(b"", "gzip").reader(gzip.compress(body)).slices())
+    costs = []
+    while True:
+        started = time.thread_time()
+        if next(steps, StopIteration) is StopIteration:
+            break
+        costs.append(time.thread_time() - started)
+    assert len(costs) >= len(body) // STEP_BYTES
+    assert max(costs) < 0.025  # measured: about 1 ms
+
+
+# -- OTLP traces ---------------------------------------------------------------------------------
+
+
+def test_every_span_and_parent_is_the_run_lunary_files_it_under() -> None:
+    links = [Span.Link(trace_id=b"t" * 16, span_id=b"linked!!")]
+    events = [Span.Event(name="gen_ai.choice", attributes=[KeyValue(key="spanId")])]
+    body = traces(
+        [span(b"\x01" * 8), span(b"\x02" * 8, parent=b"\x01" * 8, links=links, events=events)],
+        [span(b"\xff" * 8, parent=b"\xee" * 8)],
+    )
+    reader = form(b"/V1/Traces/", PROTOBUF).reader(body)
+    # a linked span is no run of this export: Lunary maps only span_id and parent_span_id
+    assert read(reader) == {span_run(b"\x01" * 8), span_run(b"\x02" * 8), span_run(b"\xff" * 8),
+                            span_run(b"\xee" * 8)}  # fmt: skip
+    assert span_run(b"\x01" * 8) == ingest_run_uuid("0101010101010101")
+
+
+def test_an_export_applied_after_the_answer_says_so() -> None:
+    assert form(b"/v1/traces", PROTOBUF).applied_after_answer
+    assert form(
+        b"/v1/logs", [(b"content-type", b"application/x-protobuf; x=1")]
+    ).applied_after_answer
+    assert not form(b"/v1/runs/ingest", JSON).applied_after_answer
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        traces([span(b"\x01" * 8)])[:-3],  # truncated
+        b"\x0a\xff\xff\xff\xff\x0f",  # a length past the end
+        b"\x0b\x0c",  # a group, which ts-proto skips but no exporter writes
+        b"\x0f",  # wire type 7
+        b"\x00\x00",  # tag 0: ts-proto stops reading there
+        b"\x0a\x02\x12",  # a resource's length past what it holds
+        b"\x8a" + b"\x80" * 10 + b"\x01",  # a varint longer than 10 bytes
+    ],
+)
+def test_an_export_that_is_not_protobuf_as_lunary_decodes_it_is_unreadable(body: bytes) -> None:
+    assert unreadable(form(b"/v1/traces", PROTOBUF).reader(body)) == Unreadable.NOT_PROTOBUF
+
+
+def test_more_spans_than_a_body_may_name_is_unreadable() -> None:
+    spans = [span(i.to_bytes(8, "big")) for i in range(MAX_RUNS + 1)]
+    assert unreadable(form(b"/v1/traces", PROTOBUF).reader(traces(spans))) == (
+        Unreadable.TOO_MANY_RUNS
+    )
+    same = [span(b"\x01" * 8) for _ in range(MAX_RUNS + 1)]  # the same span again and again
+    assert read(form(b"/v1/traces", PROTOBUF).reader(traces(same))) == {span_run(b"\x01" * 8)}
+
+
+def test_an_exporters_batch_is_read_whole() -> None:
+    attributes = [attribute(f"gen_ai.request.k{i}", "v") for i in range(100)]
+    spans = [span(i.to_bytes(8, "big"), attributes=attributes) for i in range(512)]
+    assert len(read(form(b"/v1/traces", PROTOBUF).reader(traces(spans)))) == 512
+
+
+def test_an_export_of_millions_of_fields_is_walked_no_further_than_a_bound() -> None:
+    """Walking a field costs about a microsecond: a 20 MiB body of 2-byte fields would cost
+    seconds of CPU, so past MAX_FIELDS the proxy stops and cuts."""
+    attributes = [KeyValue(key="k", value=AnyValue(int_value=1))] * (MAX_FIELDS // 4)
+    body = traces([span(b"\x01" * 8, attributes=attributes)] * 5)
+    reader = form(b"/v1/traces", PROTOBUF).reader(body)
+    steps = iter(reader.slices())
+    costs: list[float] = []
+
+    def step() -> None:
+        started = time.thread_time()
+        next(steps)
+        costs.append(time.thread_time() - started)
+
+    with pytest.raises(UnreadableBody) as caught:  # noqa: PT012 (one step after another)
+        for _ in range(len(body)):
+            step()
+    assert caught.value.reason == Unreadable.TOO_MANY_FIELDS
+    assert len(costs) >= MAX_FIELDS * 2 // STEP_BYTES  # every attribute is 2 bytes and more
+    assert max(costs) < 0.05  # measured: 3-6 ms
+
+
+# -- OTLP logs ------------------------------------------------------------------------------------
+
+
+def test_a_log_export_changes_only_the_runs_its_tool_call_ids_name() -> None:
+    """Lunary files a log record under its gen_ai.tool.call.id when that looks like a UUID, and
+    under a fresh random UUID otherwise: no other existing run can change."""
+    other, from_resource = str(uuid.uuid4()), str(uuid.uuid4())
+    body = logs(
+        [
+            LogRecord(span_id=b"\x01" * 8, attributes=[attribute(TOOL_CALL, RUN.upper())]),
+            LogRecord(attributes=[attribute(TOOL_CALL, "call_abc123")]),
+            LogRecord(attributes=[attribute("gen_ai.conversation.id", other)]),
+            LogRecord(attributes=[KeyValue(key=TOOL_CALL, value=AnyValue(int_value=7))]),
+        ],
+        resource=[attribute(TOOL_CALL, from_resource)],
+    )
+    assert read(form(b"/v1/logs", PROTOBUF).reader(body)) == {RUN, from_resource}
+
+
+# -- the Invalidator ------------------------------------------------------------------------------
+
+
+def entry() -> Entry:
+    return Entry(200, "application/json", b"{}", '"e"', 1.7e9, 60, 600)
+
+
+async def test_runs_lunary_writes_after_answering_are_dropped_again_later() -> None:
+    """A read between the export's answer and Lunary's write caches the run as it was; the
+    later drops replace it."""
+    store = MemoryStore(10)
+    tasks = TaskSet()
+    invalidator = Invalidator(
+        store,
+        Metrics(CollectorRegistry()),
+        keep_for=60,
+        cuts=Cuts(2),
+        cut_window=3,
+        tasks=tasks,
+        drop_again_after=(0.2, 0.4),
+    )
+    key = EntryKey(span_run(b"\x01" * 8), "run:s")
+    await store.save(key, entry())
+
+    await invalidator.ingest(form(b"/v1/traces", PROTOBUF), traces([span(b"\x01" * 8)]), "s")
+    assert (await store.lookup(key)).entry is None
+    await store.save(key, entry())  # a read that raced Lunary's write
+    await asyncio.sleep(0.3)
+    assert (await store.lookup(key)).entry is None
+    await store.save(key, entry())
+    await asyncio.sleep(0.2)
+    assert (await store.lookup(key)).entry is None
+    assert len(tasks) == 0
+    await tasks.close()
+
+
+async def test_runs_of_events_answered_after_writing_are_dropped_once() -> None:
+    store = MemoryStore(10)
+    tasks = TaskSet()
+    invalidator = Invalidator(
+        store, Metrics(CollectorRegistry()), keep_for=60, cuts=Cuts(2), cut_window=3, tasks=tasks
+    )
+    await invalidator.ingest(form(b"/v1/runs/ingest", JSON), b'{"runId":"%s"}' % RUN.encode(), "s")
+    assert len(tasks) == 0
+    await tasks.close()
