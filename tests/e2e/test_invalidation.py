@@ -149,9 +149,9 @@ def test_an_unreadable_ingest_is_forwarded_unchanged_counted_and_cuts_older_entr
     writer, other, run = fake.add_key(), fake.add_key(), fake.add_run()
     warm(proxy, run, [writer, other])
     before = metric(proxy, "lunary_proxy_ingest_unparsed_total")
-    protobuf = b"\x0a\x0b\x12 an OTLP protobuf export"
+    unreadable = b'{"events": [{"runId": 1.5, "event": "feedback"}]}'  # no id the proxy can map
 
-    answer = proxy.client.post("/v1/traces", content=protobuf, headers={"X-API-Key": writer})
+    answer = proxy.client.post("/v1/runs/ingest", content=unreadable, headers={"X-API-Key": writer})
     forwarded = fake.requests[-1].body
     writers_reads = cached(proxy, run, [writer])
     others_reads = cached(proxy, run, [other])
@@ -163,8 +163,9 @@ def test_an_unreadable_ingest_is_forwarded_unchanged_counted_and_cuts_older_entr
     ]
 
     assert answer.status_code == 200
-    assert forwarded == protobuf
+    assert forwarded == unreadable
     assert metric(proxy, "lunary_proxy_ingest_unparsed_total") == before + 1
+    assert metric(proxy, "lunary_proxy_cuts_total", reason="id_value") == 1
     assert writers_reads == ["MISS", "MISS"]
     assert others_reads == ["HIT", "HIT"]
     assert [r.headers["x-cache"] for r in others_later] == ["MISS", "MISS"]  # never STALE
