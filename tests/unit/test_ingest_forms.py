@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
-import time
 import tracemalloc
 import uuid
 import zlib
@@ -20,20 +19,17 @@ from hypothesis import strategies as st
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
-from prometheus_client import CollectorRegistry
 
-from proxy.cuts import Cuts
 from proxy.inflate import MAX_INFLATED_BYTES, PIECE_BYTES
-from proxy.ingest import MAX_RUNS, STEP_BYTES, IngestReader, Unreadable, UnreadableBody
-from proxy.ingest_routes import IngestForm, RunReader, ingest_form
-from proxy.invalidation import Invalidator
-from proxy.metrics import Metrics
-from proxy.model import Entry, EntryKey
+from proxy.ingest import MAX_RUNS, STEP_BYTES, IngestReader, Unreadable
+from proxy.ingest_routes import IngestForm, ingest_form
+from proxy.model import EntryKey
 from proxy.otlp import MAX_FIELDS
 from proxy.runs import filed_run_id, ingest_run_uuid
 from proxy.store.memory import MemoryStore
 from proxy.tasks import TaskSet
 from tests.otlp import TOOL_CALL, attribute, logs, span, span_run, traces
+from tests.readers import invalidator_over, read_all, settled_entry, step_costs, unreadable_because
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 JSON = [(b"content-type", b"application/json")]
@@ -44,18 +40,6 @@ def form(path: bytes, headers: list[tuple[bytes, bytes]]) -> IngestForm:
     found = ingest_form(path, headers)
     assert isinstance(found, IngestForm), found
     return found
-
-
-def read(reader: RunReader) -> set[str]:
-    for _ in reader.slices():
-        pass
-    return reader.run_ids
-
-
-def unreadable(reader: RunReader) -> Unreadable:
-    with pytest.raises(UnreadableBody) as caught:
-        read(reader)
-    return caught.value.reason
 
 
 def encoded(events: bytes, encoding: str) -> IngestForm:
@@ -84,13 +68,13 @@ def test_an_encoded_body_names_the_runs_its_plain_form_does(encoding: str) -> No
         RUN.encode()
     )
     reader = encoded(body, encoding).reader(COMPRESS[encoding](body))
-    assert read(reader) == read(IngestReader(body)) == {RUN, ingest_run_uuid("p-1")}
+    assert read_all(reader) == read_all(IngestReader(body)) == {RUN, ingest_run_uuid("p-1")}
 
 
 def test_concatenated_gzip_members_are_all_read_as_node_reads_them() -> None:
     first, second = b'{"events":[{"runId":"one",', b'"parentRunId":"two"}]}'
     reader = encoded(b"", "gzip").reader(gzip.compress(first) + gzip.compress(second))
-    assert read(reader) == {ingest_run_uuid("one"), ingest_run_uuid("two")}
+    assert read_all(reader) == {ingest_run_uuid("one"), ingest_run_uuid("two")}
 
 
 def events_body(count: int, filler: int) -> bytes:
@@ -99,12 +83,12 @@ def events_body(count: int, filler: int) -> bytes:
     return orjson.dumps({"events": events})
 
 
-def test_ids_across_every_piece_boundary_of_an_inflating_stream_are_all_read() -> None:
+def test_ids_across_every_piece_boundary_of_an_inflating_stream_are_all_read_all() -> None:
     body = events_body(450, 601)  # ids fall at every offset of the 64 KiB pieces
     assert len(body) > 3 * PIECE_BYTES
     expected = {ingest_run_uuid(f"run-{i}") for i in range(450)}
     expected |= {ingest_run_uuid(f"p-{i}") for i in range(450)}
-    assert read(encoded(body, "gzip").reader(gzip.compress(body))) == expected
+    assert read_all(encoded(body, "gzip").reader(gzip.compress(body))) == expected
 
 
 @settings(max_examples=60, deadline=None)
@@ -120,7 +104,11 @@ def test_a_body_read_in_pieces_names_what_the_whole_body_names(
     body = orjson.dumps({"events": [{"runId": i, "x": " " * filler} for i in ids]})
     bounds = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
     pieces = iter([body[a:b] for a, b in itertools.pairwise(bounds)])
-    assert read(IngestReader(pieces)) == read(IngestReader(body)) == {filed_run_id(i) for i in ids}
+    assert (
+        read_all(IngestReader(pieces))
+        == read_all(IngestReader(body))
+        == {filed_run_id(i) for i in ids}
+    )
 
 
 @pytest.mark.parametrize(
@@ -134,10 +122,10 @@ def test_a_body_read_in_pieces_names_what_the_whole_body_names(
         (b"", "gzip"),
     ],
 )
-def test_a_body_that_does_not_inflate_as_its_encoding_says_is_unreadable(
+def test_a_body_that_does_not_inflate_as_its_encoding_says_is_unreadable_because(
     body: bytes, encoding: str
 ) -> None:
-    assert unreadable(encoded(b"", encoding).reader(body)) == Unreadable.ENCODED
+    assert unreadable_because(encoded(b"", encoding).reader(body)) == Unreadable.ENCODED
 
 
 def test_a_bomb_inflates_no_further_than_lunary_reads_and_holds_one_piece_at_a_time() -> None:
@@ -145,7 +133,7 @@ def test_a_bomb_inflates_no_further_than_lunary_reads_and_holds_one_piece_at_a_t
     assert len(bomb) < MAX_INFLATED_BYTES // 100  # a small upload
     tracemalloc.start()
     try:
-        reason = unreadable(encoded(b"", "gzip").reader(bomb))
+        reason = unreadable_because(encoded(b"", "gzip").reader(bomb))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -155,13 +143,8 @@ def test_a_bomb_inflates_no_further_than_lunary_reads_and_holds_one_piece_at_a_t
 
 def test_inflating_and_reading_yield_in_short_steps() -> None:
     body = b'{"events":[' + b'{"runId":"same"},' * 1_000_000 + b"{}]}"
-    steps = iter(encoded(b"", "gzip").reader(gzip.compress(body)).slices())
-    costs = []
-    while True:
-        started = time.thread_time()
-        if next(steps, StopIteration) is StopIteration:
-            break
-        costs.append(time.thread_time() - started)
+    costs, stopped = step_costs(encoded(b"", "gzip").reader(gzip.compress(body)))
+    assert stopped is None
     assert len(costs) >= len(body) // STEP_BYTES
     assert max(costs) < 0.025  # measured: about 1 ms
 
@@ -178,7 +161,7 @@ def test_every_span_and_parent_is_the_run_lunary_files_it_under() -> None:
     )
     reader = form(b"/V1/Traces/", PROTOBUF).reader(body)
     # a linked span is no run of this export: Lunary maps only span_id and parent_span_id
-    assert read(reader) == {span_run(b"\x01" * 8), span_run(b"\x02" * 8), span_run(b"\xff" * 8),
+    assert read_all(reader) == {span_run(b"\x01" * 8), span_run(b"\x02" * 8), span_run(b"\xff" * 8),
                             span_run(b"\xee" * 8)}  # fmt: skip
     assert span_run(b"\x01" * 8) == ingest_run_uuid("0101010101010101")
 
@@ -203,23 +186,25 @@ def test_an_export_applied_after_the_answer_says_so() -> None:
         b"\x8a" + b"\x80" * 10 + b"\x01",  # a varint longer than 10 bytes
     ],
 )
-def test_an_export_that_is_not_protobuf_as_lunary_decodes_it_is_unreadable(body: bytes) -> None:
-    assert unreadable(form(b"/v1/traces", PROTOBUF).reader(body)) == Unreadable.NOT_PROTOBUF
+def test_an_export_that_is_not_protobuf_as_lunary_decodes_it_is_unreadable_because(
+    body: bytes,
+) -> None:
+    assert unreadable_because(form(b"/v1/traces", PROTOBUF).reader(body)) == Unreadable.NOT_PROTOBUF
 
 
-def test_more_spans_than_a_body_may_name_is_unreadable() -> None:
+def test_more_spans_than_a_body_may_name_is_unreadable_because() -> None:
     spans = [span(i.to_bytes(8, "big")) for i in range(MAX_RUNS + 1)]
-    assert unreadable(form(b"/v1/traces", PROTOBUF).reader(traces(spans))) == (
+    assert unreadable_because(form(b"/v1/traces", PROTOBUF).reader(traces(spans))) == (
         Unreadable.TOO_MANY_RUNS
     )
     same = [span(b"\x01" * 8) for _ in range(MAX_RUNS + 1)]  # the same span again and again
-    assert read(form(b"/v1/traces", PROTOBUF).reader(traces(same))) == {span_run(b"\x01" * 8)}
+    assert read_all(form(b"/v1/traces", PROTOBUF).reader(traces(same))) == {span_run(b"\x01" * 8)}
 
 
 def test_an_exporters_batch_is_read_whole() -> None:
     attributes = [attribute(f"gen_ai.request.k{i}", "v") for i in range(100)]
     spans = [span(i.to_bytes(8, "big"), attributes=attributes) for i in range(512)]
-    assert len(read(form(b"/v1/traces", PROTOBUF).reader(traces(spans)))) == 512
+    assert len(read_all(form(b"/v1/traces", PROTOBUF).reader(traces(spans)))) == 512
 
 
 def test_an_export_of_millions_of_fields_is_walked_no_further_than_a_bound() -> None:
@@ -227,19 +212,8 @@ def test_an_export_of_millions_of_fields_is_walked_no_further_than_a_bound() -> 
     seconds of CPU, so past MAX_FIELDS the proxy stops and cuts."""
     attributes = [KeyValue(key="k", value=AnyValue(int_value=1))] * (MAX_FIELDS // 4)
     body = traces([span(b"\x01" * 8, attributes=attributes)] * 5)
-    reader = form(b"/v1/traces", PROTOBUF).reader(body)
-    steps = iter(reader.slices())
-    costs: list[float] = []
-
-    def step() -> None:
-        started = time.thread_time()
-        next(steps)
-        costs.append(time.thread_time() - started)
-
-    with pytest.raises(UnreadableBody) as caught:  # noqa: PT012 (one step after another)
-        for _ in range(len(body)):
-            step()
-    assert caught.value.reason == Unreadable.TOO_MANY_FIELDS
+    costs, stopped = step_costs(form(b"/v1/traces", PROTOBUF).reader(body))
+    assert stopped == Unreadable.TOO_MANY_FIELDS
     assert len(costs) >= MAX_FIELDS * 2 // STEP_BYTES  # every attribute is 2 bytes and more
     assert max(costs) < 0.05  # measured: 3-6 ms
 
@@ -260,14 +234,10 @@ def test_a_log_export_changes_only_the_runs_its_tool_call_ids_name() -> None:
         ],
         resource=[attribute(TOOL_CALL, from_resource)],
     )
-    assert read(form(b"/v1/logs", PROTOBUF).reader(body)) == {RUN, from_resource}
+    assert read_all(form(b"/v1/logs", PROTOBUF).reader(body)) == {RUN, from_resource}
 
 
 # -- the Invalidator ------------------------------------------------------------------------------
-
-
-def entry() -> Entry:
-    return Entry(200, "application/json", b"{}", '"e"', 1.7e9, 60, 600)
 
 
 async def test_runs_lunary_writes_after_answering_are_dropped_again_later() -> None:
@@ -275,24 +245,16 @@ async def test_runs_lunary_writes_after_answering_are_dropped_again_later() -> N
     later drops replace it."""
     store = MemoryStore(10)
     tasks = TaskSet()
-    invalidator = Invalidator(
-        store,
-        Metrics(CollectorRegistry()),
-        keep_for=60,
-        cuts=Cuts(2),
-        cut_window=3,
-        tasks=tasks,
-        drop_again_after=(0.2, 0.4),
-    )
+    invalidator = invalidator_over(store, tasks=tasks, drop_again_after=(0.2, 0.4))
     key = EntryKey(span_run(b"\x01" * 8), "run:s")
-    await store.save(key, entry())
+    await store.save(key, settled_entry())
 
     await invalidator.ingest(form(b"/v1/traces", PROTOBUF), traces([span(b"\x01" * 8)]), "s")
     assert (await store.lookup(key)).entry is None
-    await store.save(key, entry())  # a read that raced Lunary's write
+    await store.save(key, settled_entry())  # a read that raced Lunary's write
     await asyncio.sleep(0.3)
     assert (await store.lookup(key)).entry is None
-    await store.save(key, entry())
+    await store.save(key, settled_entry())
     await asyncio.sleep(0.2)
     assert (await store.lookup(key)).entry is None
     assert len(tasks) == 0
@@ -302,9 +264,7 @@ async def test_runs_lunary_writes_after_answering_are_dropped_again_later() -> N
 async def test_runs_of_events_answered_after_writing_are_dropped_once() -> None:
     store = MemoryStore(10)
     tasks = TaskSet()
-    invalidator = Invalidator(
-        store, Metrics(CollectorRegistry()), keep_for=60, cuts=Cuts(2), cut_window=3, tasks=tasks
-    )
+    invalidator = invalidator_over(store, tasks=tasks)
     await invalidator.ingest(form(b"/v1/runs/ingest", JSON), b'{"runId":"%s"}' % RUN.encode(), "s")
     assert len(tasks) == 0
     await tasks.close()

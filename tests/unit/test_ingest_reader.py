@@ -7,7 +7,6 @@ import asyncio
 import gzip
 import json
 import logging
-import time
 import tracemalloc
 import zlib
 
@@ -26,7 +25,6 @@ from proxy.ingest import (
     STEP_BYTES,
     IngestReader,
     Unreadable,
-    UnreadableBody,
 )
 from proxy.ingest_routes import IngestForm, ingest_form
 from proxy.invalidation import DROPS_AT_ONCE, UNREADABLE_LOG_EVERY, Invalidator
@@ -36,21 +34,17 @@ from proxy.runs import filed_run_id, ingest_run_uuid, ingest_targets
 from proxy.store.cutting import CuttingStore
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
+from tests.readers import invalidator_over, read_all, settled_entry, step_costs, unreadable_because
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 
 
 def read(body: bytes) -> set[str]:
-    reader = IngestReader(body)
-    for _ in reader.slices():
-        pass
-    return reader.run_ids
+    return read_all(IngestReader(body))
 
 
 def unreadable(body: bytes) -> Unreadable:
-    with pytest.raises(UnreadableBody) as caught:
-        read(body)
-    return caught.value.reason
+    return unreadable_because(IngestReader(body))
 
 
 def ids(*values: str) -> set[str]:
@@ -235,26 +229,15 @@ def test_every_step_is_short() -> None:
         "escaped keys": bomb(b'{"run\\u0049d":"same"},', 4 * 1024 * 1024),
     }
     for name, body in worst.items():
-        steps = IngestReader(body).slices()
-        costs = []
-        while True:
-            started = time.thread_time()
-            if next(steps, StopIteration) is StopIteration:
-                break
-            costs.append(time.thread_time() - started)
+        costs, stopped = step_costs(IngestReader(body))
+        assert stopped is None, name
         assert len(costs) >= len(body) // STEP_BYTES, name
         assert max(costs) < 0.025, name  # measured: under 3 ms
 
 
 async def test_ingest_lets_the_loop_run_between_slices() -> None:
     body = bomb(b"{},", 2 * 1024 * 1024)
-    invalidator = Invalidator(
-        MemoryStore(10),
-        Metrics(CollectorRegistry()),
-        keep_for=60,
-        cuts=Cuts(2),
-        cut_window=3,
-    )
+    invalidator = invalidator_over(MemoryStore(10))
     ticks = 0
 
     async def ticker() -> None:
@@ -275,22 +258,12 @@ async def test_ingest_lets_the_loop_run_between_slices() -> None:
 # -- the Invalidator ----------------------------------------------------------------------------
 
 
-def entry() -> Entry:
-    return Entry(200, "application/json", b"{}", '"e"', 1.7e9, 60, 600)
-
-
 async def test_ingest_drops_the_runs_it_reads_and_no_other() -> None:
     store = MemoryStore(10)
     other = "b0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
     for run in (RUN, ingest_run_uuid("p-1"), other):
-        await store.save(EntryKey(run, "run:s"), entry())
-    invalidator = Invalidator(
-        store,
-        Metrics(CollectorRegistry()),
-        keep_for=60,
-        cuts=Cuts(2),
-        cut_window=3,
-    )
+        await store.save(EntryKey(run, "run:s"), settled_entry())
+    invalidator = invalidator_over(store)
 
     await invalidator.ingest(
         IngestForm(), b'{"events":[{"runId":"%s","parentRunId":"p-1"}]}' % RUN.encode(), "writer"
@@ -405,9 +378,7 @@ async def test_an_ingest_of_many_runs_drops_them_a_few_at_a_time() -> None:
             return await super().invalidate_run(run_id, keep_for)
 
     store = Counting()
-    invalidator = Invalidator(
-        store, Metrics(CollectorRegistry()), keep_for=60, cuts=Cuts(2), cut_window=3
-    )
+    invalidator = invalidator_over(store)
     events = [{"runId": f"r{i}"} for i in range(MAX_RUNS)]
 
     await invalidator.ingest(IngestForm(), orjson.dumps({"events": events}), "writer")
