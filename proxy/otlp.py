@@ -72,7 +72,8 @@ class _Attribute:
 
 @dataclass
 class _Open:
-    """A message being read: its fields, where it ends, and the attribute it is part of."""
+    """A message being read, put aside while one inside it is: its fields, where it ends, and
+    the attribute it is part of."""
 
     fields: Message
     end: int
@@ -90,50 +91,67 @@ class OtlpReader:
     def slices(self) -> Iterator[None]:
         """Walk the export, STEP_BYTES of it per item; raises UnreadableBody (see the module)."""
         body = self._body
-        stack = [_Open(self._root, len(body))]
+        # the message being read (its fields, end and attribute), and those it is inside
+        fields, end, attribute = self._root, len(body), None
+        outer: list[_Open] = []
         pos, pause_at, fields_left = 0, STEP_BYTES, MAX_FIELDS
-        while stack:
-            message = stack[-1]
-            if pos >= message.end:
-                stack.pop()
-                if message.fields is KEY_VALUE and message.attribute is not None:
-                    self._attribute(message.attribute)
+        while True:
+            if pos >= end:
+                if fields is KEY_VALUE and attribute is not None:
+                    self._attribute(attribute)
+                if not outer:
+                    return
+                opened = outer.pop()
+                fields, end, attribute = opened.fields, opened.end, opened.attribute
                 continue
             fields_left -= 1
             if fields_left < 0:
                 raise UnreadableBody(Unreadable.TOO_MANY_FIELDS)
-            tag, pos = _varint(body, pos, message.end)
+            tag = body[pos]  # most tags and lengths are one byte: read those inline
+            pos += 1
+            if tag >= 0x80:
+                tag, pos = _varint(body, pos - 1, end)
             wire_type = tag & 7
             if not 0 < tag >> 3 < 1 << 29 or wire_type not in (LEN, VARINT, I64, I32):
                 raise UnreadableBody(Unreadable.NOT_PROTOBUF)  # ts-proto stops, or throws
             if wire_type == LEN:
-                length, pos = _varint(body, pos, message.end)
-                end = pos + length
-                if end > message.end:
+                length = body[pos] if pos < end else 0x80
+                pos += 1
+                if length >= 0x80:
+                    length, pos = _varint(body, pos - 1, end)
+                value_end = pos + length
+                if value_end > end:
                     raise UnreadableBody(Unreadable.NOT_PROTOBUF)
-                held = message.fields.get(tag)
-                if isinstance(held, dict):
-                    attribute = _Attribute() if held is KEY_VALUE else message.attribute
-                    stack.append(_Open(held, end, attribute))
+                held = fields.get(tag)
+                if held is None:
+                    pos = value_end
+                elif isinstance(held, dict):
+                    outer.append(_Open(fields, end, attribute))
+                    if held is KEY_VALUE:
+                        attribute = _Attribute()
+                    fields, end = held, value_end
                     continue  # read its fields from here
-                if held is Field.SPAN_ID and end > pos:
-                    self._add(body[pos:end].hex())
-                elif held is not None and message.attribute is not None and length <= 64:
-                    # a key or a string value: only short ones can be the tool call id or a UUID
-                    found = (
-                        message.attribute.keys if held is Field.KEY else message.attribute.strings
-                    )
-                    found.append(body[pos:end])
-                pos = end
+                else:
+                    self._value(held, attribute, pos, value_end)
+                    pos = value_end
             elif wire_type == VARINT:
-                _, pos = _varint(body, pos, message.end)
+                _, pos = _varint(body, pos, end)
             else:
                 pos += 8 if wire_type == I64 else 4
-                if pos > message.end:
+                if pos > end:
                     raise UnreadableBody(Unreadable.NOT_PROTOBUF)
             if pos >= pause_at:
                 pause_at = pos + STEP_BYTES
                 yield
+
+    def _value(self, held: Field, attribute: _Attribute | None, pos: int, end: int) -> None:
+        if held is Field.SPAN_ID:
+            if end > pos:
+                self._add(self._body[pos:end].hex())
+        elif attribute is not None and end - pos <= 64:
+            # a key or a string value: only short ones can be the tool call id or a UUID
+            found = attribute.keys if held is Field.KEY else attribute.strings
+            found.append(self._body[pos:end])
 
     def _attribute(self, attribute: _Attribute) -> None:
         """A run when the KeyValue's key is gen_ai.tool.call.id and its string value looks like
