@@ -186,7 +186,6 @@ class ProxyApp:
             cuts=cuts,
             # a cut matters one by one for the active-run TTL; a second more for clock skew
             cut_window=s.active_run_ttl + 1,
-            tasks=tasks,
             on_dropped=reads.forget_runs,
             on_cut=reads.forget_all,
         )
@@ -214,6 +213,7 @@ class ProxyApp:
     async def shutdown(self) -> None:
         parts, self._parts = self._parts, None
         if parts is not None:
+            await parts.invalidator.close()
             # in-flight fills and refreshes get a moment to land, then are cancelled
             await parts.tasks.close(grace=1.0)
             if parts.listener is not None:

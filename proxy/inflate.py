@@ -21,6 +21,9 @@ PIECE_BYTES = 64 * 1024  # inflated per step, and compressed bytes fed per step
 AUTO_DETECT = 32 + zlib.MAX_WBITS
 ENCODINGS = frozenset({b"gzip", b"deflate"})
 GZIP_MAGIC = b"\x1f\x8b"
+# gzip members one body may hold: Node reads any number, but each costs a new inflater and may
+# inflate to nothing (a million empty ones fit in 20 MiB); no encoder writes more than a few
+MAX_MEMBERS = 64
 
 
 class InflateError(Exception):
@@ -39,15 +42,22 @@ def known_encoding(encoding: bytes) -> bool:
 def inflated(body: bytes, encoding: bytes, limit: int = MAX_INFLATED_BYTES) -> Iterator[bytes]:
     """The inflated body, PIECE_BYTES or less at a time; raises InflateError on a corrupt or
     truncated stream, on bytes after its end (Node reads further gzip members, and so does
-    this), or past `limit` inflated bytes."""
+    this, up to MAX_MEMBERS), or past `limit` inflated bytes. Compressed input is fed a piece at
+    a time, so no step copies more than a piece of it."""
     if encoding not in ENCODINGS:
         raise InflateError("an encoding the proxy does not inflate")
-    inflater = zlib.decompressobj(AUTO_DETECT)
+    inflater, members = zlib.decompressobj(AUTO_DETECT), 1
     view, fed, total = memoryview(body), 0, 0
-    pending = b""  # compressed input the inflater has not taken yet
+    pending = b""  # compressed input the inflater has not taken yet: at most a piece
+
+    def feed() -> bytes:
+        nonlocal fed
+        more, fed = bytes(view[fed : fed + PIECE_BYTES]), fed + PIECE_BYTES
+        return more
+
     while True:
-        if not pending and fed < len(view):
-            pending, fed = bytes(view[fed : fed + PIECE_BYTES]), fed + PIECE_BYTES
+        if not pending:
+            pending = feed()
         try:
             piece = inflater.decompress(pending, PIECE_BYTES)
         except zlib.error as exc:
@@ -59,12 +69,16 @@ def inflated(body: bytes, encoding: bytes, limit: int = MAX_INFLATED_BYTES) -> I
         if piece:
             yield piece
         if inflater.eof:
-            rest = inflater.unused_data + pending + bytes(view[fed:])
-            if not rest:
+            pending = inflater.unused_data + pending
+            if len(pending) < len(GZIP_MAGIC):
+                pending += feed()
+            if not pending:
                 return
-            if not rest.startswith(GZIP_MAGIC):
+            if not pending.startswith(GZIP_MAGIC):
                 raise InflateError("bytes after the end of the stream")
-            inflater = zlib.decompressobj(AUTO_DETECT)  # the next gzip member
-            view, fed, pending = memoryview(rest), 0, b""
+            members += 1
+            if members > MAX_MEMBERS:
+                raise InflateError(f"more than {MAX_MEMBERS} gzip members")
+            inflater = zlib.decompressobj(AUTO_DETECT)
         elif not piece and not pending and fed >= len(view):
             raise InflateError("the stream ends before its end")

@@ -4,9 +4,10 @@ Every route read as Lunary's router reads a path (any case, a trailing slash), a
 
 - `POST /v1/runs/ingest` and the legacy `/api/report`: Lunary events as JSON, inflated first
   when sent with `Content-Encoding: gzip` or `deflate` (proxy/ingest.py, proxy/inflate.py);
-- `POST /v1/traces` and `/v1/logs`: OTLP exports as protobuf (proxy/otlp.py), read raw: Lunary
-  answers 415 to any other media type and decodes the bytes as they came, encoded or not. It
-  applies these after it has answered, so they are marked `applied_after_answer`.
+- `POST /v1/traces`: an OTLP trace export as protobuf (proxy/otlp.py), read raw: Lunary answers
+  415 to any other media type and decodes the bytes as they came, encoded or not. It applies
+  the spans after it has answered, so the form is marked `applied_after_answer`. (Its
+  `/v1/logs` and `/v1/metrics` make no runs at commit a86d698: they are plain passthrough.)
 
 Whatever else such a request is (a media type or encoding Lunary would not have read, yet it
 answered 2xx) is Unreadable: the caller fails safe.
@@ -21,10 +22,10 @@ from typing import Protocol
 from proxy.headers import Header
 from proxy.inflate import InflateError, InflatesTooFar, inflated, known_encoding
 from proxy.ingest import IngestReader, Unreadable, UnreadableBody
-from proxy.otlp import LOGS, TRACES, Message, OtlpReader
+from proxy.otlp import OtlpReader
 
 EVENT_PATHS = frozenset({b"/v1/runs/ingest", b"/api/report"})
-OTLP_PATHS: dict[bytes, Message] = {b"/v1/traces": TRACES, b"/v1/logs": LOGS}
+TRACES_PATH = b"/v1/traces"
 PROTOBUF = b"application/x-protobuf"  # what Lunary's OTLP routes require the type to start with
 
 
@@ -38,15 +39,15 @@ class RunReader(Protocol):
 
 @dataclass(frozen=True)
 class IngestForm:
-    """How one ingest request's body is read: as events (perhaps encoded), or as OTLP."""
+    """How one ingest request's body is read: as events (perhaps encoded), or as OTLP spans."""
 
-    otlp: Message | None = None  # the export's root message, for OTLP
+    traces: bool = False  # an OTLP trace export, not events
     encoding: bytes | None = None  # gzip or deflate, for events
     applied_after_answer: bool = False
 
     def reader(self, body: bytes) -> RunReader:
-        if self.otlp is not None:
-            return OtlpReader(body, self.otlp)
+        if self.traces:
+            return OtlpReader(body)
         if self.encoding is None:
             return IngestReader(body)
         return IngestReader(_inflating(body, self.encoding))
@@ -55,17 +56,16 @@ class IngestForm:
 def is_ingest(raw_path: bytes) -> bool:
     """Whether a path is an ingest route, in any case and with a trailing slash."""
     route = _route(raw_path)
-    return route in EVENT_PATHS or route in OTLP_PATHS
+    return route in EVENT_PATHS or route == TRACES_PATH
 
 
 def ingest_form(raw_path: bytes, headers: Sequence[Header]) -> IngestForm | Unreadable:
     """How an ingest request's body is read, or why it cannot be, from its path and headers."""
     content_type = _header(headers, b"content-type")
-    route = _route(raw_path)
-    if (root := OTLP_PATHS.get(route)) is not None:
+    if _route(raw_path) == TRACES_PATH:
         if content_type is None or not content_type.startswith(PROTOBUF):
             return Unreadable.NOT_PROTOBUF  # Lunary answers 415: a 2xx is not Lunary's
-        return IngestForm(otlp=root, applied_after_answer=True)
+        return IngestForm(traces=True, applied_after_answer=True)
     if content_type is not None and not _is_json(content_type):
         return Unreadable.NOT_JSON  # a form, text: Lunary may read events from those too
     encodings = [value for key, value in headers if key == b"content-encoding"]

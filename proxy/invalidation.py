@@ -4,7 +4,6 @@ cannot read, the fail-safe cut (proxy/cuts.py)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -12,19 +11,13 @@ from collections.abc import Callable, Collection
 from proxy.cuts import Cuts
 from proxy.ingest import Unreadable, UnreadableBody
 from proxy.ingest_routes import IngestForm
+from proxy.later_drops import DROPS_AGAIN_AFTER, LaterDrops
 from proxy.metrics import Metrics
 from proxy.ports import Store, StoreError
-from proxy.tasks import TaskSet
 
 log = logging.getLogger("proxy.invalidation")
 UNREADABLE_LOG_EVERY = 60.0  # seconds between warnings about unreadable ingest bodies
 DROPS_AT_ONCE = 32  # invalidations of one ingest in flight together (the Redis pool is 64)
-# after a write Lunary applies once it has answered (OTLP), its runs are dropped again this many
-# seconds after the answer, so a read that raced Lunary's own write and cached a run as it was
-# is replaced. Measured on a real Lunary on loopback: a span is applied 0.09 s after the answer,
-# 50 spans 0.5 s, 200 spans 1.7 s, 512 (an exporter's batch) 3.5 s; 1,000 (the most the proxy
-# reads) would take about 7 s. Doubling gaps keep the extra drops few (five per run).
-DROPS_AGAIN_AFTER = (1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 class Invalidator:
@@ -37,7 +30,6 @@ class Invalidator:
         keep_for: float,
         cuts: Cuts,
         cut_window: float,
-        tasks: TaskSet | None = None,
         drop_again_after: tuple[float, ...] = DROPS_AGAIN_AFTER,
         on_dropped: Callable[[Collection[str]], None] = lambda run_ids: None,
         on_cut: Callable[[], None] = lambda: None,
@@ -51,8 +43,8 @@ class Invalidator:
         self._cuts = cuts
         self._cut_window = cut_window
         self._on_cut = on_cut
-        self._tasks = tasks  # where the later drops of an OTLP export run; None: none
-        self._drop_again_after = drop_again_after
+        # the runs of writes Lunary applies after answering, dropped again later
+        self._later = LaterDrops(self._drop_all, after=drop_again_after)
         self._clock = clock
         self._wall_clock = wall_clock
         self._unreadable_logged_at: float | None = None
@@ -64,20 +56,27 @@ class Invalidator:
     async def run(self, run_id: str, source: str) -> bool:
         """Drop `run_id`'s entries; False (logged and counted) when the store failed."""
         self._on_dropped((run_id,))
-        return await self._drop(run_id, source)
+        error = await self._drop(run_id, source)
+        if error is not None:
+            log.warning(
+                "could not drop a run's entries; they live until their TTL",
+                extra={"run_id": run_id, "source": source, "error": error},
+            )
+        return error is None
 
-    async def _drop(self, run_id: str, source: str) -> bool:
+    async def close(self) -> None:
+        """Stop the later drops still waiting (best effort: they are not made)."""
+        await self._later.close()
+
+    async def _drop(self, run_id: str, source: str) -> str | None:
+        """Drop one run's entries, counted; the store's error, if it failed."""
         try:
             await self._store.invalidate_run(run_id, self._keep_for)
         except StoreError as exc:
             self._metrics.invalidation(source, ok=False)
-            log.warning(
-                "could not drop a run's entries; they live until their TTL",
-                extra={"run_id": run_id, "source": source, "error": str(exc)},
-            )
-            return False
+            return str(exc)
         self._metrics.invalidation(source, ok=True)
-        return True
+        return None
 
     async def ingest(self, form: IngestForm, body: bytes, scope: str) -> None:
         """Drop the runs an ingest body names: every runId and parentRunId of its events, or
@@ -86,7 +85,8 @@ class Invalidator:
         The body is read a slice at a time, yielding to the loop between slices, keeping only
         the ids it finds (at most ingest.MAX_RUNS); what cannot be read is a cut. Deeper
         ancestors' `/related` entries are left to their TTL. When Lunary applies the write
-        after answering, the runs are dropped again `drop_again_after` seconds later.
+        after answering, the runs are dropped again `drop_again_after` seconds later (or, when
+        too many runs wait for that already, a cut is made instead).
         """
         reader = form.reader(body)
         try:
@@ -96,29 +96,26 @@ class Invalidator:
             await self.unreadable(exc.reason, scope)
             return
         await self._drop_all(reader.run_ids)
-        if form.applied_after_answer and reader.run_ids and self._tasks is not None:
-            # shutting down (the task set is closed): the entries live until their TTL
-            with contextlib.suppress(RuntimeError):
-                self._tasks.spawn(self._drop_again(reader.run_ids), "drop-again")
+        if form.applied_after_answer and not self._later.schedule(reader.run_ids):
+            await self.cut("later_drops_full", scope)
 
     async def _drop_all(self, run_ids: Collection[str]) -> None:
+        """Drop many runs, a few at a time, with one warning for those the store failed."""
         self._on_dropped(run_ids)  # one pass over the fills under way, for all of them
         # together, a few at a time: a slow store costs a store timeout or two, not one per
         # run, and a body of many runs does not queue a thousand calls for the pool at once
         slots = asyncio.Semaphore(DROPS_AT_ONCE)
 
-        async def drop(run_id: str) -> None:
+        async def drop(run_id: str) -> str | None:
             async with slots:
-                await self._drop(run_id, "ingest")
+                return await self._drop(run_id, "ingest")
 
-        await asyncio.gather(*(drop(run_id) for run_id in sorted(run_ids)))
-
-    async def _drop_again(self, run_ids: Collection[str]) -> None:
-        waited = 0.0
-        for delay in self._drop_again_after:
-            await asyncio.sleep(delay - waited)
-            waited = delay
-            await self._drop_all(run_ids)
+        errors = [e for e in await asyncio.gather(*map(drop, sorted(run_ids))) if e is not None]
+        if errors:
+            log.warning(
+                "could not drop runs' entries; they live until their TTL",
+                extra={"runs": len(errors), "source": "ingest", "error": errors[0]},
+            )
 
     async def unreadable(self, reason: Unreadable, scope: str) -> None:
         """Fail safe after an ingest whose body the proxy could not read: a cut, counted in

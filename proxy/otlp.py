@@ -1,89 +1,82 @@
-"""Reading the runs an OTLP export names, from its protobuf wire bytes, one bounded slice per step.
+"""Reading the runs an OTLP trace export names, from its protobuf wire bytes, a bounded slice per
+step.
 
-How Lunary maps OpenTelemetry to runs (packages/backend/src/api/otel, commit a86d698):
+How Lunary maps OpenTelemetry to runs (packages/backend/src/api/otel, commit a86d698): every span
+of `POST /v1/traces` becomes a run with runId = hex(span_id) and parentRunId =
+hex(parent_span_id) when it has one, and ingest hashes these 16-character ids to UUIDs
+(runs.filed_run_id). It applies them after it has answered: see Invalidator. (`POST /v1/logs`
+makes no run there: its transform reads a record's `name`, which its decoder does not have.)
 
-- `POST /v1/traces`: every span becomes a run with runId = hex(span_id) and parentRunId =
-  hex(parent_span_id) when it has one; ingest then hashes these 16-character ids to UUIDs
-  (runs.filed_run_id). Its decoder (ts-proto) reads a field only under its exact tag and skips
-  every other, so this reader does too, and takes every span_id a span repeats (the decoder keeps
-  the last: reading more only costs a refetch).
-- `POST /v1/logs`: a log record becomes a run whose id is its `gen_ai.tool.call.id` attribute
-  (the record's, or its resource's) when that looks like a UUID, and a fresh random UUID
-  otherwise, so those attributes are the only existing runs a log export can change.
-- Both answer before they write (the events are applied after the answer): see Invalidator.
+Lunary's decoder (ts-proto on @bufbuild/protobuf) reads a field only under its exact tag and
+skips every other by its wire type; a repeated span_id counts last (this reader takes every one:
+more only costs a refetch). It walks every field it decodes as a message, so this reader walks
+every such field too (MESSAGES, from the generated decoders), not only those that lead to spans:
+what ts-proto does with a malformed nested message (tag 0 or an end-group tag ends it early and
+its parent reads on from inside it; a length past its end is read past it) could otherwise show
+it a span this reader skipped. Anything of that kind (a group, an unknown wire type, a length
+past its message, tag 0, nesting past MAX_DEPTH) raises UnreadableBody: the caller fails safe.
 
-Protobuf is read here by hand, not with a decoder library: a decoder builds every span and
-attribute as objects at once (a 20 MiB export of tiny attributes is millions of them, and one
-long pause), where this walks the wire bytes, keeps only the ids, yields every STEP_BYTES, and
-gives up past MAX_RUNS runs or MAX_FIELDS fields. What it cannot read exactly (a group, an
-unknown wire type, a length past its message, a field or tag ts-proto would stop at) raises
-UnreadableBody: the caller fails safe.
+Protobuf is read here by hand, not with a decoder library: the library decodes a 20 MiB export
+of tiny attributes into 464 MiB of objects in one 419 ms pause (benchmarks/otlp_reading.py),
+where this walks the wire bytes, keeps only the ids, yields every STEP_BYTES, and gives up past
+MAX_RUNS runs or MAX_FIELDS fields (112 ms of steps, no memory). The price: an exporter's batch
+of 512 spans costs 27 ms of steps here, 1.9 ms in the library.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from proxy.ingest import MAX_RUNS, STEP_BYTES, Unreadable, UnreadableBody
 from proxy.runs import filed_run_id
 
 LEN, VARINT, I64, I32 = 2, 0, 1, 5  # the wire types a message may hold (3 and 4 are groups)
-TOOL_CALL_ID_KEY = b"gen_ai.tool.call.id"
-# fields walked per export, at about a microsecond each; more is unreadable (a cut). An exporter's
-# batch of 512 spans of 100 attributes is 51,200; a 20 MiB body of 2-byte fields, 10 million
+# fields walked per export, about half a microsecond each; more is unreadable (a cut). An
+# exporter's batch of 512 spans of 30 attributes is about 65,000 (an attribute is 4: a key and
+# a value in a message in a message); a 20 MiB body of 2-byte fields, 10 million
 MAX_FIELDS = 250_000
-# what transform.ts's ensureIsUUIDSync keeps as an id: 36 hex digits or hyphens
-_UUID_LIKE = re.compile(rb"[0-9a-fA-F-]{36}")
+MAX_DEPTH = 32  # messages inside messages: AnyValue nests itself (arrays, key-value lists)
 
 
 class Field(Enum):
-    """What a length-delimited field holds, for the reader."""
+    """A length-delimited field the reader takes a value from."""
 
     SPAN_ID = auto()  # bytes: a run id, as hex
-    KEY = auto()  # an attribute's key
-    STRING = auto()  # an attribute's string value
 
 
-# message -> {tag: what the field holds}, from the OTLP .proto files: a tag is field << 3 | LEN
+# message -> {tag: what the field holds}; a tag is field << 3 | LEN. Every field ts-proto
+# decodes as a message is here (the generated decoders under src/api/otel/gen): those the
+# reader takes nothing from are walked all the same.
 Message = dict[int, "Message | Field"]
-_SPAN: Message = {2 << 3 | LEN: Field.SPAN_ID, 4 << 3 | LEN: Field.SPAN_ID}  # span_id, parent
-_SCOPE_SPANS: Message = {2 << 3 | LEN: _SPAN}  # spans
-_RESOURCE_SPANS: Message = {2 << 3 | LEN: _SCOPE_SPANS}  # scope_spans
+_STATUS: Message = {}  # message (a string), code
+_ENTITY_REF: Message = {}  # schema_url, type, id_keys, description_keys: strings
+_ANY_VALUE: Message = {}  # string, bool, int, double, bytes; and the two below
+_ARRAY_VALUE: Message = {1 << 3 | LEN: _ANY_VALUE}  # values
+_KEY_VALUE: Message = {2 << 3 | LEN: _ANY_VALUE}  # key (a string), value
+_KEY_VALUE_LIST: Message = {1 << 3 | LEN: _KEY_VALUE}  # values
+_ANY_VALUE.update({5 << 3 | LEN: _ARRAY_VALUE, 6 << 3 | LEN: _KEY_VALUE_LIST})
+_SCOPE: Message = {3 << 3 | LEN: _KEY_VALUE}  # InstrumentationScope.attributes
+_RESOURCE: Message = {1 << 3 | LEN: _KEY_VALUE, 3 << 3 | LEN: _ENTITY_REF}
+_EVENT: Message = {3 << 3 | LEN: _KEY_VALUE}  # Span.Event.attributes
+_LINK: Message = {5 << 3 | LEN: _KEY_VALUE}  # Span.Link.attributes (its span_id is no run)
+_SPAN: Message = {
+    2 << 3 | LEN: Field.SPAN_ID,  # span_id
+    4 << 3 | LEN: Field.SPAN_ID,  # parent_span_id
+    9 << 3 | LEN: _KEY_VALUE,  # attributes
+    11 << 3 | LEN: _EVENT,
+    13 << 3 | LEN: _LINK,
+    15 << 3 | LEN: _STATUS,
+}
+_SCOPE_SPANS: Message = {1 << 3 | LEN: _SCOPE, 2 << 3 | LEN: _SPAN}
+_RESOURCE_SPANS: Message = {1 << 3 | LEN: _RESOURCE, 2 << 3 | LEN: _SCOPE_SPANS}
 TRACES: Message = {1 << 3 | LEN: _RESOURCE_SPANS}  # ExportTraceServiceRequest.resource_spans
-_ANY_VALUE: Message = {1 << 3 | LEN: Field.STRING}  # string_value
-KEY_VALUE: Message = {1 << 3 | LEN: Field.KEY, 2 << 3 | LEN: _ANY_VALUE}  # key, value
-_LOG_RECORD: Message = {6 << 3 | LEN: KEY_VALUE}  # attributes
-_SCOPE_LOGS: Message = {2 << 3 | LEN: _LOG_RECORD}  # log_records
-_RESOURCE: Message = {1 << 3 | LEN: KEY_VALUE}  # attributes
-_RESOURCE_LOGS: Message = {1 << 3 | LEN: _RESOURCE, 2 << 3 | LEN: _SCOPE_LOGS}
-LOGS: Message = {1 << 3 | LEN: _RESOURCE_LOGS}  # ExportLogsServiceRequest.resource_logs
-
-
-@dataclass
-class _Attribute:
-    """What a KeyValue holds so far: each key it gave, and each string value."""
-
-    keys: list[bytes] = field(default_factory=list)
-    strings: list[bytes] = field(default_factory=list)
-
-
-@dataclass
-class _Open:
-    """A message being read, put aside while one inside it is: its fields, where it ends, and
-    the attribute it is part of."""
-
-    fields: Message
-    end: int
-    attribute: _Attribute | None = None
 
 
 class OtlpReader:
-    """The runs one OTLP export names: `run_ids`, as Lunary files them, once slices() is done."""
+    """The runs one trace export names: `run_ids`, as Lunary files them, once slices() is done."""
 
-    def __init__(self, body: bytes, root: Message) -> None:
+    def __init__(self, body: bytes, root: Message = TRACES) -> None:
         self._body = body
         self._root = root
         self.run_ids: set[str] = set()
@@ -91,18 +84,17 @@ class OtlpReader:
     def slices(self) -> Iterator[None]:
         """Walk the export, STEP_BYTES of it per item; raises UnreadableBody (see the module)."""
         body = self._body
-        # the message being read (its fields, end and attribute), and those it is inside
-        fields, end, attribute = self._root, len(body), None
-        outer: list[_Open] = []
+        fields, end = self._root, len(body)  # the message being read
+        outer: list[tuple[Message, int]] = []  # the messages it is inside
         pos, pause_at, fields_left = 0, STEP_BYTES, MAX_FIELDS
         while True:
+            if pos >= pause_at:  # first, so that entering and leaving messages pauses too
+                pause_at = pos + STEP_BYTES
+                yield
             if pos >= end:
-                if fields is KEY_VALUE and attribute is not None:
-                    self._attribute(attribute)
                 if not outer:
                     return
-                opened = outer.pop()
-                fields, end, attribute = opened.fields, opened.end, opened.attribute
+                fields, end = outer.pop()
                 continue
             fields_left -= 1
             if fields_left < 0:
@@ -123,43 +115,21 @@ class OtlpReader:
                 if value_end > end:
                     raise UnreadableBody(Unreadable.NOT_PROTOBUF)
                 held = fields.get(tag)
-                if held is None:
-                    pos = value_end
-                elif isinstance(held, dict):
-                    outer.append(_Open(fields, end, attribute))
-                    if held is KEY_VALUE:
-                        attribute = _Attribute()
+                if isinstance(held, dict):
+                    if len(outer) >= MAX_DEPTH:
+                        raise UnreadableBody(Unreadable.NOT_PROTOBUF)
+                    outer.append((fields, end))
                     fields, end = held, value_end
                     continue  # read its fields from here
-                else:
-                    self._value(held, attribute, pos, value_end)
-                    pos = value_end
+                if held is Field.SPAN_ID and value_end > pos:
+                    self._add(body[pos:value_end].hex())
+                pos = value_end
             elif wire_type == VARINT:
                 _, pos = _varint(body, pos, end)
             else:
                 pos += 8 if wire_type == I64 else 4
                 if pos > end:
                     raise UnreadableBody(Unreadable.NOT_PROTOBUF)
-            if pos >= pause_at:
-                pause_at = pos + STEP_BYTES
-                yield
-
-    def _value(self, held: Field, attribute: _Attribute | None, pos: int, end: int) -> None:
-        if held is Field.SPAN_ID:
-            if end > pos:
-                self._add(self._body[pos:end].hex())
-        elif attribute is not None and end - pos <= 64:
-            # a key or a string value: only short ones can be the tool call id or a UUID
-            found = attribute.keys if held is Field.KEY else attribute.strings
-            found.append(self._body[pos:end])
-
-    def _attribute(self, attribute: _Attribute) -> None:
-        """A run when the KeyValue's key is gen_ai.tool.call.id and its string value looks like
-        a UUID (ts-proto keeps the last of each field; every one is taken here)."""
-        if TOOL_CALL_ID_KEY in attribute.keys:
-            for value in attribute.strings:
-                if _UUID_LIKE.fullmatch(value):
-                    self._add(value.decode())
 
     def _add(self, run_id: str) -> None:
         filed = filed_run_id(run_id)

@@ -5,10 +5,10 @@ cannot be read exactly is a cut (the caller's), never a silent miss."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import itertools
 import tracemalloc
-import uuid
 import zlib
 from collections.abc import Callable
 
@@ -17,18 +17,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from prometheus_client import CollectorRegistry
 
 from proxy.inflate import MAX_INFLATED_BYTES, PIECE_BYTES
 from proxy.ingest import MAX_RUNS, STEP_BYTES, IngestReader, Unreadable
-from proxy.ingest_routes import IngestForm, ingest_form
+from proxy.ingest_routes import IngestForm, ingest_form, is_ingest
+from proxy.later_drops import MAX_PENDING
+from proxy.metrics import Metrics
 from proxy.model import EntryKey
 from proxy.otlp import MAX_FIELDS
 from proxy.runs import filed_run_id, ingest_run_uuid
 from proxy.store.memory import MemoryStore
-from proxy.tasks import TaskSet
-from tests.otlp import TOOL_CALL, attribute, logs, span, span_run, traces
+from tests.otlp import attribute, span, span_run, traces
 from tests.readers import invalidator_over, read_all, settled_entry, step_costs, unreadable_because
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
@@ -152,6 +153,29 @@ def test_inflating_and_reading_yield_in_short_steps() -> None:
 # -- OTLP traces ---------------------------------------------------------------------------------
 
 
+HIDDEN = bytes.fromhex("a1a2a3a4a5a6a7a8")
+
+
+def field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field, by hand (the library writes only well-formed ones)."""
+    length, encoded = len(payload), b""
+    while length >= 0x80:
+        encoded, length = encoded + bytes([length & 0x7F | 0x80]), length >> 7
+    return bytes([number << 3 | 2]) + encoded + bytes([length]) + payload
+
+
+def in_span(content: bytes) -> bytes:
+    """An export of one span of these bytes (ExportTraceServiceRequest > ResourceSpans >
+    ScopeSpans > Span)."""
+    return field(1, field(2, field(2, content)))
+
+
+def nested(inner: bytes, depth: int) -> bytes:
+    for _ in range(depth):
+        inner = field(5, field(1, inner))  # AnyValue.array_value.values[0]
+    return inner
+
+
 def test_every_span_and_parent_is_the_run_lunary_files_it_under() -> None:
     links = [Span.Link(trace_id=b"t" * 16, span_id=b"linked!!")]
     events = [Span.Event(name="gen_ai.choice", attributes=[KeyValue(key="spanId")])]
@@ -166,12 +190,13 @@ def test_every_span_and_parent_is_the_run_lunary_files_it_under() -> None:
     assert span_run(b"\x01" * 8) == ingest_run_uuid("0101010101010101")
 
 
-def test_an_export_applied_after_the_answer_says_so() -> None:
-    assert form(b"/v1/traces", PROTOBUF).applied_after_answer
+def test_a_trace_export_is_applied_after_the_answer_and_a_log_export_is_no_ingest() -> None:
+    """Lunary writes spans after answering; its /v1/logs makes no runs (commit a86d698)."""
     assert form(
-        b"/v1/logs", [(b"content-type", b"application/x-protobuf; x=1")]
+        b"/v1/traces", [(b"content-type", b"application/x-protobuf; x=1")]
     ).applied_after_answer
     assert not form(b"/v1/runs/ingest", JSON).applied_after_answer
+    assert not is_ingest(b"/v1/logs")
 
 
 @pytest.mark.parametrize(
@@ -184,6 +209,21 @@ def test_an_export_applied_after_the_answer_says_so() -> None:
         b"\x00\x00",  # tag 0: ts-proto stops reading there
         b"\x0a\x02\x12",  # a resource's length past what it holds
         b"\x8a" + b"\x80" * 10 + b"\x01",  # a varint longer than 10 bytes
+        # a message nested where no span is, that ts-proto ends early (tag 0, an end-group
+        # tag) or reads past (a string longer than it): its parent reads on from inside it,
+        # where it finds a span_id the bytes hide (found by comparing with ts-proto itself)
+        in_span(field(9, b"\x00" + field(2, HIDDEN))),  # an attribute opening with tag 0
+        in_span(field(9, b"\x0c" + field(2, HIDDEN))),  # with an end-group tag
+        in_span(b"\x4a\x02\x0a\x02" + b"\x2a\x0a" + field(2, HIDDEN)),  # a key past its end
+        in_span(field(11, b"\x00" + field(2, HIDDEN))),  # an event
+        in_span(field(13, b"\x00" + field(2, HIDDEN))),  # a link
+        in_span(field(15, b"\x00" + field(2, HIDDEN))),  # the status
+        in_span(field(9, field(2, b"\x00"))),  # an attribute's value
+        field(1, field(1, b"\x00" + field(2, field(2, field(2, HIDDEN))))),  # the resource
+        field(1, field(2, field(1, b"\x00" + field(2, field(2, HIDDEN))))),  # the scope
+        field(1, field(1, field(3, b"\x00"))),  # an entity reference of the resource
+        # values in lists in values, deeper than ts-proto's stack would go for an exporter
+        in_span(field(9, field(2, nested(field(5, field(1, b"")), 40)))),
     ],
 )
 def test_an_export_that_is_not_protobuf_as_lunary_decodes_it_is_unreadable_because(
@@ -218,53 +258,46 @@ def test_an_export_of_millions_of_fields_is_walked_no_further_than_a_bound() -> 
     assert max(costs) < 0.05  # measured: 3-6 ms
 
 
-# -- OTLP logs ------------------------------------------------------------------------------------
-
-
-def test_a_log_export_changes_only_the_runs_its_tool_call_ids_name() -> None:
-    """Lunary files a log record under its gen_ai.tool.call.id when that looks like a UUID, and
-    under a fresh random UUID otherwise: no other existing run can change."""
-    other, from_resource = str(uuid.uuid4()), str(uuid.uuid4())
-    body = logs(
-        [
-            LogRecord(span_id=b"\x01" * 8, attributes=[attribute(TOOL_CALL, RUN.upper())]),
-            LogRecord(attributes=[attribute(TOOL_CALL, "call_abc123")]),
-            LogRecord(attributes=[attribute("gen_ai.conversation.id", other)]),
-            LogRecord(attributes=[KeyValue(key=TOOL_CALL, value=AnyValue(int_value=7))]),
-        ],
-        resource=[attribute(TOOL_CALL, from_resource)],
-    )
-    assert read_all(form(b"/v1/logs", PROTOBUF).reader(body)) == {RUN, from_resource}
-
-
 # -- the Invalidator ------------------------------------------------------------------------------
+
+
+async def cache(store: MemoryStore, key: EntryKey) -> None:
+    """Store an entry as a fill would: under the run's generation of the moment."""
+    generation = (await store.lookup(key)).generation
+    await store.save(key, dataclasses.replace(settled_entry(), generation=generation))
+    assert (await store.lookup(key)).entry is not None
 
 
 async def test_runs_lunary_writes_after_answering_are_dropped_again_later() -> None:
     """A read between the export's answer and Lunary's write caches the run as it was; the
     later drops replace it."""
     store = MemoryStore(10)
-    tasks = TaskSet()
-    invalidator = invalidator_over(store, tasks=tasks, drop_again_after=(0.2, 0.4))
+    # drops due 0.3-0.55 s and 1.5-2.05 s after (rounded up to a quarter second)
+    invalidator = invalidator_over(store, drop_again_after=(0.3, 1.5))
     key = EntryKey(span_run(b"\x01" * 8), "run:s")
-    await store.save(key, settled_entry())
+    await cache(store, key)
 
     await invalidator.ingest(form(b"/v1/traces", PROTOBUF), traces([span(b"\x01" * 8)]), "s")
-    assert (await store.lookup(key)).entry is None
-    await store.save(key, settled_entry())  # a read that raced Lunary's write
-    await asyncio.sleep(0.3)
-    assert (await store.lookup(key)).entry is None
-    await store.save(key, settled_entry())
-    await asyncio.sleep(0.2)
-    assert (await store.lookup(key)).entry is None
-    assert len(tasks) == 0
-    await tasks.close()
+    dropped = [(await store.lookup(key)).entry is None]
+    for wait in (1.0, 1.5, 0.6):
+        await cache(store, key)  # a read that raced Lunary's write
+        await asyncio.sleep(wait)
+        dropped.append((await store.lookup(key)).entry is None)
+    await invalidator.close()
+
+    assert dropped == [True, True, True, False]  # at once, twice later, and no more
 
 
-async def test_runs_of_events_answered_after_writing_are_dropped_once() -> None:
-    store = MemoryStore(10)
-    tasks = TaskSet()
-    invalidator = invalidator_over(store, tasks=tasks)
-    await invalidator.ingest(form(b"/v1/runs/ingest", JSON), b'{"runId":"%s"}' % RUN.encode(), "s")
-    assert len(tasks) == 0
-    await tasks.close()
+async def test_an_export_past_what_may_wait_for_later_drops_cuts_instead() -> None:
+    registry = CollectorRegistry()
+    invalidator = invalidator_over(MemoryStore(10), metrics=Metrics(registry))
+    exports = [
+        traces([span((export * MAX_RUNS + i).to_bytes(8, "big")) for i in range(MAX_RUNS)])
+        for export in range(MAX_PENDING // MAX_RUNS + 1)
+    ]
+    for export in exports:
+        await invalidator.ingest(form(b"/v1/traces", PROTOBUF), export, "s")
+    await invalidator.close()
+
+    cut = registry.get_sample_value("lunary_proxy_cuts_total", {"reason": "later_drops_full"})
+    assert cut == 1  # the last: every earlier export's runs wait for their later drops

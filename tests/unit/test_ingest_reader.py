@@ -342,7 +342,6 @@ def test_a_key_that_only_looks_like_an_id_key_in_a_value_is_not_read() -> None:
     [
         (b"/v1/traces", [(b"content-type", b"application/json")], Unreadable.NOT_PROTOBUF),
         (b"/V1/Traces/", [], Unreadable.NOT_PROTOBUF),
-        (b"/v1/logs", [(b"content-type", b"text/plain")], Unreadable.NOT_PROTOBUF),
         (b"/v1/runs/ingest", [(b"content-encoding", b"br")], Unreadable.ENCODED),
         (b"/v1/runs/ingest", [(b"content-encoding", b"gzip")] * 2, Unreadable.ENCODED),
         (b"/v1/runs/ingest", [(b"content-type", b"text/plain")], Unreadable.NOT_JSON),
