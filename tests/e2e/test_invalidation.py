@@ -43,7 +43,7 @@ def metric(proxy: RunningProxy, name: str, **labels: str) -> float:
 @pytest.mark.parametrize(
     ("method", "suffix", "body"),
     [
-        ("PATCH", "/tags", b'["a"]'),
+        ("PATCH", "/tags", b'{"tags": ["a"]}'),
         ("PATCH", "/feedback", b'{"thumb": "up"}'),
         ("PATCH", "/score", b'{"label": "x", "value": 1}'),
         ("PATCH", "/visibility", b'{"visibility": true}'),
@@ -63,10 +63,16 @@ def test_a_successful_write_drops_the_run_in_every_scope(
         "DELETE": f"/v1/runs/{run.upper()}",
     }[method]
     answer = proxy.client.request(
-        method, spelled + suffix, content=body, headers={"X-API-Key": keys[0]}
+        method,
+        spelled + suffix,
+        content=body,
+        headers={"X-API-Key": keys[0], "Content-Type": "application/json"},
     )
+    crashed = fake.crashed
+    fake.restart()
 
     assert answer.status_code == 200
+    assert crashed == (method == "DELETE")
     assert cached(proxy, run, keys) == ["MISS"] * 4
     assert cached(proxy, untouched, keys[:1]) == ["HIT", "HIT"]
     assert metric(proxy, "lunary_proxy_invalidations_total", source="write", result="ok") == 1
@@ -99,7 +105,11 @@ def test_ingest_drops_every_run_and_parent_it_names(proxy: RunningProxy, fake: F
     }
     raw = orjson.dumps(events)
 
-    answer = proxy.client.post("/v1/runs/ingest", content=raw, headers={"X-API-Key": key})
+    answer = proxy.client.post(
+        "/v1/runs/ingest",
+        content=raw,
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
+    )
 
     assert answer.status_code == 200
     assert fake.requests[-1].body == raw  # forwarded unchanged
@@ -151,7 +161,11 @@ def test_an_unreadable_ingest_is_forwarded_unchanged_counted_and_cuts_older_entr
     before = metric(proxy, "lunary_proxy_ingest_unparsed_total")
     unreadable = b'{"events": [{"runId": 1.5, "event": "feedback"}]}'  # no id the proxy can map
 
-    answer = proxy.client.post("/v1/runs/ingest", content=unreadable, headers={"X-API-Key": writer})
+    answer = proxy.client.post(
+        "/v1/runs/ingest",
+        content=unreadable,
+        headers={"X-API-Key": writer, "Content-Type": "application/json"},
+    )
     forwarded = fake.requests[-1].body
     writers_reads = cached(proxy, run, [writer])
     others_reads = cached(proxy, run, [other])
@@ -195,7 +209,7 @@ def test_a_cut_reaches_every_replica_through_the_store(
         written = httpx.post(
             f"{first.url}/v1/runs/ingest",
             content=b'{"events": [{"runId": 1.5}]}',  # Lunary reads ids this proxy cannot
-            headers={"X-API-Key": writer},
+            headers={"X-API-Key": writer, "Content-Type": "application/json"},
         )
         after = [
             httpx.get(f"{second.url}/v1/runs/{run}", headers={"X-API-Key": writer})
@@ -300,7 +314,9 @@ async def test_a_read_after_a_write_never_joins_a_fill_from_before_it(
     async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as client:
         before = asyncio.create_task(client.get(f"/v1/runs/{run}", headers=headers))
         await asyncio.sleep(0.2)  # its fill is under way, reading the old tags
-        written = await client.patch(f"/v1/runs/{run}/tags", json=["new"], headers=headers)
+        written = await client.patch(
+            f"/v1/runs/{run}/tags", json={"tags": ["new"]}, headers=headers
+        )
         after = await client.get(f"/v1/runs/{run}", headers=headers)
         await before
 
@@ -319,12 +335,12 @@ async def test_a_read_after_a_write_through_another_replica_never_joins_an_older
         before = asyncio.create_task(client.get(f"{reader.url}/v1/runs/{run}", headers=headers))
         await asyncio.sleep(0.2)  # the reader's fill is under way, with the old tags
         written = await client.patch(
-            f"{writer.url}/v1/runs/{run}/tags", json=["new"], headers=headers
+            f"{writer.url}/v1/runs/{run}/tags", json={"tags": ["new"]}, headers=headers
         )
         after = await client.get(f"{reader.url}/v1/runs/{run}", headers=headers)
         first = await before
 
     assert written.status_code == 200
-    assert "tags" not in first.json()  # began before the write: may answer the old run
+    assert first.json()["tags"] is None  # began before the write: may answer the old run
     assert after.json()["tags"] == ["new"]
     assert fake.count(run, "GET") == 2

@@ -196,9 +196,9 @@ async def drive(universe: Universe, urls: list[str], seed: int) -> Observed:
         target = rng.choice(universe.hot if rng.random() < 0.5 else all_runs)
         if draw < 0.02:
             writer = rng.choice(universe.owners(target) if rng.random() < 0.9 else private)
-            body = orjson.dumps([f"t{seen.requests}"])
+            body = {"tags": [f"t{seen.requests}"]}
             answer = await client.patch(
-                f"{url}/v1/runs/{target}/tags", headers=writer.headers, content=body
+                f"{url}/v1/runs/{target}/tags", headers=writer.headers, json=body
             )
             if answer.status_code != 200:
                 seen.other_errors[f"write {answer.status_code}"] += 1

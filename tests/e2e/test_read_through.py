@@ -334,7 +334,7 @@ def test_upstream_429_is_relayed_and_not_stored(proxy: RunningProxy, fake: FakeL
 
     assert limited.status_code == 429
     assert limited.text == "Sometimes You Just Have to Slow Down."
-    assert limited.headers["retry-after"] == "30"
+    assert 55 <= int(limited.headers["retry-after"]) <= 60  # what is left of Lunary's window
     assert limited.headers["x-cache"] == "MISS"
     assert "detail=status" in limited.headers["cache-status"]
 

@@ -117,7 +117,9 @@ async def write_tags(
     client: httpx.AsyncClient, url: str, key: str, run: str, tags: list[str]
 ) -> Write:
     """A write through the proxy: Lunary changes the run, the proxy invalidates it."""
-    answer = await client.patch(f"{url}/v1/runs/{run}/tags", headers={"X-API-Key": key}, json=tags)
+    answer = await client.patch(
+        f"{url}/v1/runs/{run}/tags", headers={"X-API-Key": key}, json={"tags": tags}
+    )
     return Write(run, tags, time.monotonic(), answer.status_code)
 
 
@@ -126,7 +128,7 @@ def wrong_answers(reads: list[Read], fake: FakeLunary, before: dict[str, Any]) -
     written run, as it was before a write acknowledged after the read was sent."""
     wrong = []
     for read in reads:
-        versions = [fake.runs[read.run]]
+        versions = [fake.shown(read.run)]
         if read.run in before:
             versions.append(before[read.run])
         if read.status != 200 or read.body not in versions:
@@ -142,7 +144,7 @@ def stale_answers(reads: list[Read], writes: list[Write], fake: FakeLunary) -> l
         for read in reads
         if read.run in acknowledged
         and read.sent > acknowledged[read.run]
-        and read.body != fake.runs[read.run]
+        and read.body != fake.shown(read.run)
     ]
 
 
@@ -159,7 +161,7 @@ async def test_the_proxy_follows_a_sentinel_failover_under_load(
     key = fake.add_key()
     static = [fake.add_run() for _ in range(STATIC_RUNS)]
     written = [fake.add_run(), fake.add_run()]
-    before = {run: dict(fake.runs[run]) for run in written}
+    before = {run: fake.shown(run) for run in written}
     # the written runs come round often, so an old entry would be read back at once
     targets = [
         target
@@ -228,7 +230,7 @@ async def test_the_proxy_follows_a_sentinel_failover_under_load(
     # the fills since landed on the promoted node
     assert filled
     assert [run for run in filled if not stored_on(promoted.client(), run)] == []
-    assert [r.body == fake.runs[r.run] for r in final] == [True] * 4
+    assert [r.body == fake.shown(r.run) for r in final] == [True] * 4
     assert [r.cache for r in final[2:]] == ["HIT", "HIT"]
     assert ready == 200
     assert "Traceback" not in log

@@ -255,7 +255,9 @@ def test_a_chunked_body_goes_upstream_whole_with_its_length_and_ingest_reads_the
     large = proxy.client.post("/echo", content=iter(pieces))  # spooled
     cached = [read(), read()]
     ingest = proxy.client.post(
-        "/v1/runs/ingest", content=iter([events[:3000], events[3000:]]), headers={"X-API-Key": key}
+        "/v1/runs/ingest",
+        content=iter([events[:3000], events[3000:]]),
+        headers={"X-API-Key": key, "Content-Type": "application/json"},  # else Lunary reads none
     )
     after = read()
 
