@@ -43,7 +43,11 @@ class IngestForm:
 
     traces: bool = False  # an OTLP trace export, not events
     encoding: bytes | None = None  # gzip or deflate, for events
-    applied_after_answer: bool = False
+
+    @property
+    def applied_after_answer(self) -> bool:
+        """Whether Lunary writes the runs only after it has answered: OTLP spans."""
+        return self.traces
 
     def reader(self, body: bytes) -> RunReader:
         if self.traces:
@@ -65,7 +69,7 @@ def ingest_form(raw_path: bytes, headers: Sequence[Header]) -> IngestForm | Unre
     if _route(raw_path) == TRACES_PATH:
         if content_type is None or not content_type.startswith(PROTOBUF):
             return Unreadable.NOT_PROTOBUF  # Lunary answers 415: a 2xx is not Lunary's
-        return IngestForm(traces=True, applied_after_answer=True)
+        return IngestForm(traces=True)
     if content_type is not None and not _is_json(content_type):
         return Unreadable.NOT_JSON  # a form, text: Lunary may read events from those too
     encodings = [value for key, value in headers if key == b"content-encoding"]

@@ -4,24 +4,18 @@ Invalidator in tests."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from proxy.cuts import Cuts
 from proxy.ingest import Unreadable, UnreadableBody
+from proxy.ingest_routes import RunReader
 from proxy.invalidation import Invalidator
 from proxy.metrics import Metrics
 from proxy.model import Entry
 from proxy.ports import Store
-
-
-class RunReader(Protocol):
-    run_ids: set[str]
-
-    def slices(self) -> Iterator[None]: ...
 
 
 def read_all(reader: RunReader) -> set[str]:

@@ -84,6 +84,13 @@ def events_body(count: int, filler: int) -> bytes:
     return orjson.dumps({"events": events})
 
 
+def test_a_body_of_more_gzip_members_than_the_bound_is_unreadable() -> None:
+    members = [gzip.compress(b'{"events":[{"runId":"one"}]}')] + [gzip.compress(b"")] * 63
+    assert read_all(encoded(b"", "gzip").reader(b"".join(members))) == {ingest_run_uuid("one")}
+    too_many = b"".join(members) + gzip.compress(b"")
+    assert unreadable_because(encoded(b"", "gzip").reader(too_many)) == Unreadable.ENCODED
+
+
 def test_ids_across_every_piece_boundary_of_an_inflating_stream_are_all_read_all() -> None:
     body = events_body(450, 601)  # ids fall at every offset of the 64 KiB pieces
     assert len(body) > 3 * PIECE_BYTES
