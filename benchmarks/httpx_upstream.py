@@ -1,6 +1,6 @@
 """The Upstream port on httpx, as the proxy had it before aiohttp: kept to measure against.
 
-benchmarks/upstream_clients.py drives it and proxy.upstream.AiohttpUpstream side by side; the
+benchmarks/upstream_clients.py drives it and proxy.upstream.client.AiohttpUpstream side by side; the
 proxy itself no longer uses it (the README says why, with the figures).
 """
 
@@ -13,15 +13,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from proxy.headers import Header, end_to_end
-from proxy.ports import (
+from proxy.cache.ports import (
     FetchedResponse,
     StreamedResponse,
     UpstreamRequest,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from proxy.upstream import RESPONSE_DROP  # both clients relay the same headers
+from proxy.core.headers import Header, end_to_end
+from proxy.upstream.client import RESPONSE_DROP  # both clients relay the same headers
 
 
 class HttpxUpstream:

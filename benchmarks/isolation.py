@@ -52,8 +52,8 @@ from benchmarks.harness import (
 )
 from benchmarks.origin import RUN_NOT_FOUND, Fill, marked_body, marker
 from benchmarks.rawhttp import Answer, HttpConnection
-from proxy.metrics import CACHE_RESULTS
-from proxy.policy import make_etag
+from proxy.core.policy import make_etag
+from proxy.ops.metrics import CACHE_RESULTS
 from tests.prometheus import total
 from tests.servers import RedisServer
 

@@ -1,6 +1,6 @@
-"""What reading an OTLP export's runs costs: the proxy's wire walker (proxy/otlp.py) beside the
-protobuf library decoding the same bytes (upb, what a decoder-based reader would use), in CPU
-time and peak memory, each in a fresh process, taken in turns.
+"""What reading an OTLP export's runs costs: the proxy's wire walker (proxy/ingest/otlp.py)
+beside the protobuf library decoding the same bytes (upb, what a decoder-based reader would use),
+in CPU time and peak memory, each in a fresh process, taken in turns.
 
     python -m benchmarks.otlp_reading [--rounds 3]
 
@@ -33,8 +33,8 @@ def high_water_kib():  # this process's own peak (ru_maxrss keeps the parent's a
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from proxy.ingest import UnreadableBody
-from proxy.otlp import TRACES, OtlpReader
+from proxy.ingest.reader import UnreadableBody
+from proxy.ingest.otlp import TRACES, OtlpReader
 
 body, reader = pathlib.Path(sys.argv[1]).read_bytes(), sys.argv[2]
 before = high_water_kib()

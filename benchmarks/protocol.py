@@ -1,4 +1,4 @@
-"""What the proxy's own HTTP protocol (proxy/server.py: client timeouts, head bound, safe
+"""What the proxy's own HTTP protocol (proxy/web/server.py: client timeouts, head bound, safe
 refusals) costs on the hit path: the same app served by it and by uvicorn's stock httptools
 protocol, side by side on one Redis, the two taken in turns each round.
 

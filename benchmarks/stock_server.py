@@ -1,5 +1,5 @@
 """The proxy app served by uvicorn's stock httptools protocol: no client timeouts, no head
-bound. Only the baseline that benchmarks/protocol.py measures proxy/server.py against; never
+bound. Only the baseline that benchmarks/protocol.py measures proxy/web/server.py against; never
 run it in front of clients. Settings come from PROXY_* as for `python -m proxy`.
 
     PROXY_PORT=18600 python -m benchmarks.stock_server
@@ -10,9 +10,9 @@ from __future__ import annotations
 import uvicorn
 
 from config import load_settings
-from proxy import logs
 from proxy.__main__ import SERVER_OPTIONS
-from proxy.app import create_app
+from proxy.ops import logs
+from proxy.web.app import create_app
 
 
 def main() -> None:

@@ -20,8 +20,8 @@ import uvloop
 
 from benchmarks.harness import free_ports, median, origin_service
 from benchmarks.httpx_upstream import HttpxUpstream
-from proxy.ports import Upstream, UpstreamRequest
-from proxy.upstream import AiohttpUpstream
+from proxy.cache.ports import Upstream, UpstreamRequest
+from proxy.upstream.client import AiohttpUpstream
 
 CLIENTS: dict[str, Callable[[str], Upstream]] = {
     "httpx": lambda url: HttpxUpstream(url, 10, 100),

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     negative_ttl: Seconds = 5
     max_entry_bytes: Annotated[int, Field(ge=0)] = 1_048_576
     max_request_bytes: Annotated[int, Field(ge=0)] = 20_971_520
-    # passthrough bodies are read whole before going upstream (proxy/buffering.py): in memory
+    # passthrough bodies are read whole before going upstream (proxy/web/buffering.py): in memory
     # up to this many bytes each, then spooled to a temporary file
     request_buffer_bytes: Annotated[int, Field(ge=0)] = 1_048_576
     # the bytes spooled at once by all requests together: past it a body gets 503
@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # the passthrough pool; cache fills have their own, so neither can starve the other
     upstream_max_connections: Annotated[int, Field(ge=1)] = 100
     fill_max_connections: Annotated[int, Field(ge=1)] = 100
-    # nginx's client_header_timeout, client_body_timeout and send_timeout (proxy/server.py)
+    # nginx's client_header_timeout, client_body_timeout and send_timeout (proxy/web/server.py)
     client_timeout: PositiveSeconds = 60
     workers: Annotated[int, Field(ge=1)] = 1
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

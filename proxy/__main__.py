@@ -11,8 +11,8 @@ from typing import Any
 import uvicorn
 
 from config import ConfigError, Settings, load_settings
-from proxy import logs
-from proxy.server import guarded_protocol
+from proxy.ops import logs
+from proxy.web.server import guarded_protocol
 
 # How uvicorn serves the proxy (benchmarks/floor.py serves the Python floor the same way).
 SERVER_OPTIONS: dict[str, Any] = {
@@ -47,9 +47,9 @@ def main() -> None:
             "PROXY_SCOPE_SECRET is not set: the workers share a random one, so cached entries "
             "survive neither a restart nor sharing between replicas"
         )
-    from proxy.app import create_app
+    from proxy.web.app import create_app
 
-    target = "proxy.app:app" if settings.workers > 1 else create_app(settings)
+    target = "proxy.web.app:app" if settings.workers > 1 else create_app(settings)
     uvicorn.run(
         target,
         host=settings.host,

@@ -13,7 +13,7 @@ import pytest
 
 from config import Settings
 from proxy.__main__ import server_options
-from proxy.app import ProxyApp, create_app
+from proxy.web.app import ProxyApp, create_app
 from tests.fake_lunary import FakeLunary
 from tests.servers import (
     RedisClusterServers,

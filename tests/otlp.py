@@ -10,7 +10,7 @@ from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeL
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from proxy.runs import filed_run_id
+from proxy.core.runs import filed_run_id
 
 PROTOBUF_HEADERS = {"Content-Type": "application/x-protobuf"}
 TOOL_CALL = "gen_ai.tool.call.id"

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy.cuts import Cuts
-from proxy.ingest import Unreadable, UnreadableBody
-from proxy.ingest_routes import RunReader
-from proxy.invalidation import Invalidator
-from proxy.metrics import Metrics
-from proxy.model import Entry
-from proxy.ports import Store
+from proxy.cache.invalidation import Invalidator
+from proxy.cache.ports import Store
+from proxy.core.cuts import Cuts
+from proxy.core.model import Entry
+from proxy.ingest.forms import RunReader
+from proxy.ingest.reader import Unreadable, UnreadableBody
+from proxy.ops.metrics import Metrics
 
 
 def read_all(reader: RunReader) -> set[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from proxy.model import Entry
+from proxy.core.model import Entry
 
 MAGIC = b"LCP\x01"  # the body follows verbatim
 DEFLATED = b"LCP\x02"  # the body follows as raw deflate

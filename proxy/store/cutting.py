@@ -1,5 +1,5 @@
-"""Applying the fail-safe cuts (proxy/cuts.py) to every entry a lookup returns, and keeping this
-process's cuts in step with the other replicas'.
+"""Applying the fail-safe cuts (proxy/core/cuts.py) to every entry a lookup returns, and keeping
+this process's cuts in step with the other replicas'.
 
 Lookups, and the entry a fill lock reads back, pass through `Cuts.apply`, so no path of the read
 driver can hand out an entry the cuts have aged, and the driver itself knows nothing of them.
@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from proxy.cuts import Cuts
-from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import KeptCuts, Store, StoreError, WatchedStore
+from proxy.cache.ports import KeptCuts, Store, StoreError, WatchedStore
+from proxy.core.cuts import Cuts
+from proxy.core.model import Entry, EntryKey, Lookup
 
 log = logging.getLogger("proxy.store")
 READ_BACK_RETRY = 1.0  # seconds between tries to read the kept cuts while the store is away

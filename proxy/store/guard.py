@@ -26,9 +26,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
-from proxy.metrics import Metrics
-from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import (
+from proxy.cache.ports import (
     ForeignValue,
     KeptCuts,
     Store,
@@ -36,6 +34,8 @@ from proxy.ports import (
     StoreRefused,
     StoreUnavailable,
 )
+from proxy.core.model import Entry, EntryKey, Lookup
+from proxy.ops.metrics import Metrics
 
 T = TypeVar("T")
 log = logging.getLogger("proxy.store")
@@ -64,7 +64,7 @@ class GuardedStore:
         self._refusing_until: float | None = None
         # run -> (keep_for, a number no other miss gets), oldest first
         self._owed: dict[str, tuple[float, int]] = {}
-        # fail-safe cuts (proxy/cuts.py) the store missed: scope -> (at, window, keep_for); the
+        # fail-safe cuts (proxy/core/cuts.py) the store missed: scope -> (at, window, keep_for); the
         # newest of a scope covers its older ones; past MAX_OWED the oldest are lost
         self._owed_cuts: dict[str, tuple[float, float, float]] = {}
         self._misses = itertools.count()

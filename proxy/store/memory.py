@@ -9,8 +9,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import KeptCuts
+from proxy.cache.ports import KeptCuts
+from proxy.core.model import Entry, EntryKey, Lookup
 
 
 class MemoryStore:
@@ -95,7 +95,7 @@ class MemoryStore:
                 del self._by_run[key.run_id]
 
     async def declare_cut(self, scope: str, at: float, window: float, keep_for: float) -> None:
-        """Nothing to share: the process that made the cut holds it (proxy/cuts.py)."""
+        """Nothing to share: the process that made the cut holds it (proxy/core/cuts.py)."""
 
     async def read_cuts(self) -> KeptCuts:
         return KeptCuts(0.0, {})
@@ -114,7 +114,7 @@ class MemoryStore:
         return contextlib.nullcontext(None)
 
     async def cooldown_until(self, bucket: str) -> float:
-        return 0.0  # cooldowns live in the process (proxy.ratelimit) when nothing is shared
+        return 0.0  # cooldowns live in the process (proxy.cache.cooldowns) when nothing is shared
 
     async def start_cooldown(self, bucket: str, until: float, ttl: float) -> None:
         return None

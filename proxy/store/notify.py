@@ -37,7 +37,7 @@ class FillNotices:
         self._waiting: dict[bytes, set[asyncio.Future[None]]] = {}
         self.subscribed = asyncio.Event()
         self.on_invalidated: Callable[[str], None] = lambda run_id: None
-        # a fail-safe cut (proxy/cuts.py): its field and time
+        # a fail-safe cut (proxy/core/cuts.py): its field and time
         self.on_cut: Callable[[str, float], None] = lambda field, at: None
         # (re)subscribed, and lost: cuts announced while this listener was away are read back
         self.on_subscribed: Callable[[], object] = lambda: None

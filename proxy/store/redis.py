@@ -6,7 +6,7 @@ Layout, all keys of a run in one Cluster hash slot:
   lcp:1:{<run-id>}:lock:<route>:<scope>...  the fill lock: a random token, with a short lease
   lcp:1:{<run-id>}:wait:<route>:<scope>...  set by a waiter, so the leader knows to announce
   lcp:1:cooldown:{<bucket digest>}          until when a rate bucket must not call the upstream
-  lcp:1:{cuts}                              the fail-safe cuts of the last seconds (proxy/cuts.py):
+  lcp:1:{cuts}                              the fail-safe cuts of the last seconds (core/cuts.py):
                                             scope digest -> when it made a write the proxy could
                                             not read, trimmed to the window in which each matters
   lcp:1:{cuts}:expired                      the newest cut trimmed out: entries stored before it
@@ -32,9 +32,9 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from proxy.cuts import MAX_RECENT_CUTS
-from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import ForeignValue, KeptCuts, StoreError, StoreRefused
+from proxy.cache.ports import ForeignValue, KeptCuts, StoreError, StoreRefused
+from proxy.core.cuts import MAX_RECENT_CUTS
+from proxy.core.model import Entry, EntryKey, Lookup
 from proxy.store import codec
 from proxy.store.connection import close_client
 from proxy.store.notify import FillNotices

@@ -178,7 +178,7 @@ def test_ids_are_answered_as_sent_and_filed_as_lunary_maps_them(
     again = ingest(client, key, {"events": [event("start", "my-run")]})
 
     assert first.json() == {"results": [{"id": "my-run", "success": True}]}
-    assert seeded_uuid("my-run") == "b4dbeadf-1468-4183-ad0e-d4560af5dd92"  # proxy/runs.py's
+    assert seeded_uuid("my-run") == "b4dbeadf-1468-4183-ad0e-d4560af5dd92"  # proxy/core/runs.py's
     assert (
         client.get("/v1/runs/b4dbeadf-1468-4183-ad0e-d4560af5dd92", headers=bearer(key)).json()[
             "status"

@@ -3,7 +3,7 @@ an unsafe path forwarded upstream or an echoed credential.
 
 HTTP clients normalise what they send, so this writes bytes to a plain socket, as a hostile or
 broken client would. The proxy runs as `python -m proxy` runs it (uvicorn, httptools, the
-proxy's own protocol from proxy/server.py) in front of a recording upstream that answers every
+proxy's own protocol from proxy/web/server.py) in front of a recording upstream that answers every
 request 200: any 5xx the client sees is the proxy's own, and every request that got through is
 there to inspect. Bytes the HTTP server cannot parse get its refusal (a 400, or 431 for a head
 too large) and a close, in the proxy's JSON error shape like every other refusal.
@@ -26,8 +26,8 @@ from pydantic import SecretStr
 
 from config import Settings
 from proxy.__main__ import server_options
-from proxy.app import create_app
-from proxy.asgi import Receive, Scope, Send
+from proxy.web.app import create_app
+from proxy.web.asgi import Receive, Scope, Send
 from tests.servers import ServerThread, raw_exchange
 from tests.spec_paths import spec_accepts
 
@@ -525,7 +525,7 @@ def _count(outcome: str) -> None:
 
 
 def assert_error_shape(answer: Answer, *, head: bool) -> None:
-    """The proxy's JSON `{"error", "message"}` (proxy/server.py makes uvicorn's own refusals
+    """The proxy's JSON `{"error", "message"}` (proxy/web/server.py makes uvicorn's own refusals
     JSON too)."""
     content_type = answer.header(b"content-type") or b""
     assert content_type.startswith(b"application/json"), (answer.status, answer.headers)
@@ -614,7 +614,7 @@ def not_utf8(header_lines: list[bytes]) -> bool:
     return False
 
 
-# -- huge heads: uvicorn with httptools sets no limit of its own; proxy/server.py does ---------
+# -- huge heads: uvicorn with httptools sets no limit of its own; proxy/web/server.py does ---------
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.runs import ingest_run_uuid
+from proxy.core.runs import ingest_run_uuid
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
 from tests.servers import RedisServer, ServerThread, replica_settings, running_replicas
@@ -154,7 +154,7 @@ def test_a_single_event_object_is_understood_too(proxy: RunningProxy, fake: Fake
 def test_an_unreadable_ingest_is_forwarded_unchanged_counted_and_cuts_older_entries(
     proxy: RunningProxy, fake: FakeLunary
 ) -> None:
-    """The fail-safe (proxy/cuts.py): the writer's entries are misses at once; another
+    """The fail-safe (proxy/core/cuts.py): the writer's entries are misses at once; another
     credential's stay fresh for at most PROXY_ACTIVE_RUN_TTL (2 s here) and are never stale."""
     writer, other, run = fake.add_key(), fake.add_key(), fake.add_run()
     warm(proxy, run, [writer, other])

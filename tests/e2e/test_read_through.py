@@ -12,7 +12,7 @@ from tests.fake_lunary import FakeLunary
 from tests.servers import ServerThread
 
 # README: after a background refresh failed, "that key's stale entry is served for 2 s without
-# another refresh" (proxy.lifecycle.REFRESH_RETRY_AFTER)
+# another refresh" (proxy.cache.reads.REFRESH_RETRY_AFTER)
 REFRESH_BACKOFF = 2.0
 
 

@@ -1,5 +1,6 @@
-"""The proxy's HTTP protocol (proxy/server.py): requests it cannot take are refused in JSON, heads
-are bounded as they arrive, an Upgrade never smuggles a request, a 100-continue client waits."""
+"""The proxy's HTTP protocol (proxy/web/server.py): requests it cannot take are refused in JSON,
+heads are bounded as they arrive, an Upgrade never smuggles a request,
+a 100-continue client waits."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from proxy.server import MAX_HEADER_BYTES
+from proxy.web.server import MAX_HEADER_BYTES
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
 from tests.servers import raw_answer, raw_exchange

@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from config.settings import ConfigError, Settings, load_settings
-from proxy.asgi import Receive, Scope, Send
+from proxy.web.asgi import Receive, Scope, Send
 from tests.conftest import SCOPE_SECRET, ProxyFactory
 from tests.fake_lunary import FakeLunary
 from tests.servers import ProxyProcess, ServerThread

@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from proxy import app
+from proxy.web import app
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
 from tests.prometheus import value

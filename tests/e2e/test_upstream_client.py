@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.ports import UpstreamRequest, UpstreamTimeout
-from proxy.upstream import AiohttpUpstream
+from proxy.cache.ports import UpstreamRequest, UpstreamTimeout
+from proxy.upstream.client import AiohttpUpstream
 from tests.fake_lunary import FakeLunary
 from tests.servers import ServerThread
 

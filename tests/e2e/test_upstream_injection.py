@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import httpx
 import orjson
 
-from proxy.ports import UpstreamRequest
-from proxy.upstream import AiohttpUpstream
+from proxy.cache.ports import UpstreamRequest
+from proxy.upstream.client import AiohttpUpstream
 from tests.conftest import ProxyFactory
 from tests.servers import InjectingUpstream, answer_tag
 

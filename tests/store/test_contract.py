@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.model import Entry, EntryKey
-from proxy.ports import Store
+from proxy.cache.ports import Store
+from proxy.core.model import Entry, EntryKey
 from proxy.store.connection import connect
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore

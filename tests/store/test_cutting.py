@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from proxy.cuts import Cuts
-from proxy.metrics import Metrics
-from proxy.model import Entry, EntryKey
-from proxy.ports import KeptCuts
+from proxy.cache.ports import KeptCuts
+from proxy.core.cuts import Cuts
+from proxy.core.model import Entry, EntryKey
+from proxy.ops.metrics import Metrics
 from proxy.store.cutting import CutListener, CuttingStore
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore

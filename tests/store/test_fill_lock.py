@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.model import Entry, EntryKey
+from proxy.core.model import Entry, EntryKey
 from proxy.store.connection import connect
 from proxy.store.notify import FillNotices
 from proxy.store.redis import FILLED_CHANNEL, INVALIDATED_CHANNEL, RedisStore, entry_redis_key

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy.metrics import Metrics
-from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import StoreError, StoreRefused, StoreUnavailable
+from proxy.cache.ports import StoreError, StoreRefused, StoreUnavailable
+from proxy.core.model import Entry, EntryKey, Lookup
+from proxy.ops.metrics import Metrics
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
 

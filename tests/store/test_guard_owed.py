@@ -12,9 +12,9 @@ import logging
 import pytest
 from prometheus_client import CollectorRegistry
 
-from proxy.metrics import Metrics
-from proxy.model import Entry, EntryKey, Lookup
-from proxy.ports import StoreError, StoreUnavailable
+from proxy.cache.ports import StoreError, StoreUnavailable
+from proxy.core.model import Entry, EntryKey, Lookup
+from proxy.ops.metrics import Metrics
 from proxy.store.guard import MAX_OWED, GuardedStore
 from proxy.store.memory import MemoryStore
 

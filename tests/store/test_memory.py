@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.model import Entry, EntryKey
+from proxy.core.model import Entry, EntryKey
 from proxy.store.memory import MemoryStore
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"

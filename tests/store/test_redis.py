@@ -15,9 +15,9 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from proxy.cuts import MAX_RECENT_CUTS
-from proxy.model import Entry, EntryKey
-from proxy.ports import ForeignValue, KeptCuts, StoreError, StoreRefused
+from proxy.cache.ports import ForeignValue, KeptCuts, StoreError, StoreRefused
+from proxy.core.cuts import MAX_RECENT_CUTS
+from proxy.core.model import Entry, EntryKey
 from proxy.store.connection import connect
 from proxy.store.redis import (
     CUTS_EXPIRED_KEY,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.admin import token_carrier
+from proxy.web.admin import token_carrier
 
 TOKEN = b"lcp-admin-7f3c9a21"
 KEY = b"6f1c7a52-1f0e-4c52-9d9b-6f3b1e1f0a11"

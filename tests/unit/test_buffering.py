@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.buffering import (
+from proxy.web.buffering import (
     MEMORY_BODIES,
     READ_BACKS_AT_ONCE,
     BodyBuffer,

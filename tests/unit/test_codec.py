@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.model import Entry
+from proxy.core.model import Entry
 from proxy.store import codec
 
 ENTRY = Entry(200, "application/json; charset=utf-8", b'{"id":"x"}', '"tag"', 1.7e9, 60, 600, 3)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from proxy.cuts import MAX_RECENT_CUTS, Cuts
-from proxy.model import Entry, Freshness
-from proxy.policy import judge
+from proxy.core.cuts import MAX_RECENT_CUTS, Cuts
+from proxy.core.model import Entry, Freshness
+from proxy.core.policy import judge
 
 TTL = 2.0  # the active-run TTL
 WRITE_AT = 1.8e9

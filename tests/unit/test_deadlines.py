@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.deadlines import Deadlines
+from proxy.core.deadlines import Deadlines
 
 
 def test_a_key_without_a_deadline_has_none() -> None:

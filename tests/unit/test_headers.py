@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.headers import (
+from proxy.core.headers import (
     client_directives,
     end_to_end,
     first_forwarded_address,
@@ -14,7 +14,7 @@ from proxy.headers import (
     not_utf8,
     retry_after_seconds,
 )
-from proxy.model import ClientDirectives
+from proxy.core.model import ClientDirectives
 
 
 def test_hop_by_hop_and_connection_named_headers_are_dropped() -> None:

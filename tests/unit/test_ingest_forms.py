@@ -20,14 +20,14 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import CollectorRegistry
 
-from proxy.inflate import MAX_INFLATED_BYTES, PIECE_BYTES
-from proxy.ingest import MAX_RUNS, STEP_BYTES, IngestReader, Unreadable
-from proxy.ingest_routes import IngestForm, ingest_form, is_ingest
-from proxy.later_drops import MAX_PENDING
-from proxy.metrics import Metrics
-from proxy.model import EntryKey
-from proxy.otlp import MAX_FIELDS
-from proxy.runs import filed_run_id, ingest_run_uuid
+from proxy.cache.later_drops import MAX_PENDING
+from proxy.core.model import EntryKey
+from proxy.core.runs import filed_run_id, ingest_run_uuid
+from proxy.ingest.forms import IngestForm, ingest_form, is_ingest
+from proxy.ingest.inflate import MAX_INFLATED_BYTES, PIECE_BYTES
+from proxy.ingest.otlp import MAX_FIELDS
+from proxy.ingest.reader import MAX_RUNS, STEP_BYTES, IngestReader, Unreadable
+from proxy.ops.metrics import Metrics
 from proxy.store.memory import MemoryStore
 from tests.otlp import attribute, span, span_run, traces
 from tests.readers import invalidator_over, read_all, settled_entry, step_costs, unreadable_because

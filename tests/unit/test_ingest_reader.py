@@ -16,8 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from proxy.cuts import Cuts
-from proxy.ingest import (
+from proxy.cache.invalidation import DROPS_AT_ONCE, UNREADABLE_LOG_EVERY, Invalidator
+from proxy.core.cuts import Cuts
+from proxy.core.model import Entry, EntryKey
+from proxy.core.runs import filed_run_id, ingest_run_uuid, ingest_targets
+from proxy.ingest.forms import IngestForm, ingest_form
+from proxy.ingest.reader import (
     MAX_GAP,
     MAX_ID_LENGTH,
     MAX_RUNS,
@@ -26,11 +30,7 @@ from proxy.ingest import (
     IngestReader,
     Unreadable,
 )
-from proxy.ingest_routes import IngestForm, ingest_form
-from proxy.invalidation import DROPS_AT_ONCE, UNREADABLE_LOG_EVERY, Invalidator
-from proxy.metrics import Metrics
-from proxy.model import Entry, EntryKey
-from proxy.runs import filed_run_id, ingest_run_uuid, ingest_targets
+from proxy.ops.metrics import Metrics
 from proxy.store.cutting import CuttingStore
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
@@ -298,7 +298,7 @@ async def test_an_unreadable_body_cuts_counted_and_logged_once_a_minute(
     )
     secret_body = gzip.compress(b'{"events":[{"runId":"secret-run"}]}')
 
-    with caplog.at_level(logging.WARNING, logger="proxy.invalidation"):
+    with caplog.at_level(logging.WARNING, logger="proxy.cache.invalidation"):
         await invalidator.ingest(IngestForm(), secret_body, "writer")
         now[0] += 1
         await invalidator.ingest(IngestForm(), b'{"runId":1.5}', "writer")

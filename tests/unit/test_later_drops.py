@@ -9,7 +9,7 @@ from collections.abc import Collection
 
 import pytest
 
-from proxy.later_drops import LaterDrops
+from proxy.cache.later_drops import LaterDrops
 
 
 class Drops:
@@ -69,7 +69,7 @@ async def test_a_drop_that_raises_is_logged_and_the_rounds_go_on(
             raise RuntimeError("a bug")
 
     later = LaterDrops(flaky, after=(0.1, 0.2))
-    with caplog.at_level(logging.ERROR, logger="proxy.invalidation"):
+    with caplog.at_level(logging.ERROR, logger="proxy.cache.invalidation"):
         later.schedule({"a"})
         await asyncio.sleep(0.8)
     await later.close()

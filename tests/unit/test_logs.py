@@ -9,7 +9,7 @@ import logging
 import orjson
 import pytest
 
-from proxy import logs
+from proxy.ops import logs
 
 
 def test_json_lines_carry_time_level_logger_message_then_fields() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.model import CachedRoute, RouteKind
-from proxy.paths import (
+from proxy.core.model import CachedRoute, RouteKind
+from proxy.core.paths import (
     check_path,
     is_own_surface,
     match_cached_route,

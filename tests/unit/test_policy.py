@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.model import CachedRoute, DontStore, Entry, Freshness, Reason, RouteKind, StoreFor
-from proxy.policy import Lifetimes, cache_status, entry_key, judge, make_etag, storage_decision
+from proxy.core.model import CachedRoute, DontStore, Entry, Freshness, Reason, RouteKind, StoreFor
+from proxy.core.policy import Lifetimes, cache_status, entry_key, judge, make_etag, storage_decision
 
 LIFETIMES = Lifetimes(
     cache_ttl=60, stale_ttl=600, active_run_ttl=2, negative_ttl=5, max_entry_bytes=1000

@@ -17,10 +17,10 @@ from urllib.parse import parse_qsl, quote
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.model import CachedRoute, RouteKind
-from proxy.paths import check_path, is_own_surface, match_cached_route, normalise_query
-from proxy.runs import canonical_run_id
-from proxy.scope import ANONYMOUS, ScopeHasher
+from proxy.core.model import CachedRoute, RouteKind
+from proxy.core.paths import check_path, is_own_surface, match_cached_route, normalise_query
+from proxy.core.runs import canonical_run_id
+from proxy.core.scope import ANONYMOUS, ScopeHasher
 from tests.spec_paths import spec_accepts
 
 SECRET = b"property-scope-secret"

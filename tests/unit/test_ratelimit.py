@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.ratelimit import CLEAR_FOR, Cooldowns, RateLimited
+from proxy.cache.cooldowns import CLEAR_FOR, Cooldowns, RateLimited
 from proxy.store.memory import MemoryStore
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.runs import (
+from proxy.core.runs import (
     body_is_settled,
     canonical_run_id,
     ingest_run_uuid,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.scope import ANONYMOUS, ScopeHasher
+from proxy.core.scope import ANONYMOUS, ScopeHasher
 
 hasher = ScopeHasher(b"secret-one")
 header_value = st.one_of(st.none(), st.binary(max_size=64))

@@ -1,4 +1,4 @@
-"""Deadlines of proxy/server.py, on a recording transport: on a real socket the kernel's buffers
+"""Deadlines of proxy/web/server.py, on a recording transport: on a real socket the kernel's buffers
 swallow any small answer, so only a large one shows on the wire (test_fault_matrix); and a
 keep-alive connection's later requests are hard to time from outside."""
 
@@ -11,7 +11,7 @@ import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from proxy.server import GuardedHttpProtocol
+from proxy.web.server import GuardedHttpProtocol
 
 TIMEOUT = 0.05
 

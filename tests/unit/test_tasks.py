@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from proxy.coalesce import SingleFlight
-from proxy.tasks import TaskSet
+from proxy.cache.coalesce import SingleFlight
+from proxy.ops.tasks import TaskSet
 
 
 async def test_close_lets_quick_tasks_finish_and_cancels_slow_ones() -> None:

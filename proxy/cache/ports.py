@@ -1,0 +1,188 @@
+"""The two ports the lifecycle drives, Store and Upstream, and the errors each may raise."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from proxy.core.headers import Header
+from proxy.core.model import Entry, EntryKey, Lookup
+
+
+class StoreError(Exception):
+    """The store failed or was too slow; callers degrade to the upstream."""
+
+
+class StoreRefused(StoreError):
+    """The store answered but refused a write (out of memory under `noeviction`, unable to
+    persist): it is up, so reads should go on."""
+
+
+class ForeignValue(StoreError):
+    """A value of another type (not ours) sits under one of our keys: this call failed, the
+    store is fine, and the next save replaces the value."""
+
+
+class StoreUnavailable(StoreError):
+    """The store is known to be down (the breaker is open); no call was attempted."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeptCuts:
+    """The fail-safe cuts a store keeps: entries stored before `expired_before` have expired;
+    `recent` are the cuts of the last seconds, scope -> time."""
+
+    expired_before: float
+    recent: dict[str, float]
+
+
+class Store(Protocol):
+    """Where entries live. Every method is bounded in time or raises StoreError."""
+
+    async def lookup(self, key: EntryKey) -> Lookup:
+        """The current entry under `key` (None when absent, expired, corrupt or invalidated)."""
+        ...
+
+    async def save(self, key: EntryKey, entry: Entry) -> None:
+        """Keep `entry` for `entry.kept_for` seconds; `entry.generation` is the one looked up."""
+        ...
+
+    async def invalidate_run(self, run_id: str, keep_for: float) -> int:
+        """Make every entry of the run, in every scope and route, a miss; O(1) in Redis.
+
+        `keep_for` is the longest an entry lives: the generation must outlive them all. Returns
+        how many entries were dropped when the store can tell (else 0).
+        """
+        ...
+
+    async def declare_cut(self, scope: str, at: float, window: float, keep_for: float) -> None:
+        """Keep the fail-safe cut of `scope` at `at` (proxy/core/cuts.py) while it matters one by
+        one (`window` seconds after the newest), fold older ones into the expired mark, keep
+        both `keep_for` seconds, and announce the cut to every replica; O(1)."""
+        ...
+
+    async def read_cuts(self) -> KeptCuts:
+        """The cuts kept, for a replica that (re)joins the announcements."""
+        ...
+
+    async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
+        """Take the fill lock of `key` for `lease` seconds (True), or flag ourselves as a waiter."""
+        ...
+
+    async def lead_fill(self, key: EntryKey, token: str, lease: float) -> Lookup | None:
+        """begin_fill and, when we lead, the entry under `key` now, in one store call: a replica
+        may have stored it between our lookup and the lock. None when another replica leads."""
+        ...
+
+    async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
+        """Store `entry` (if any), release the lock if `token` still holds it, wake waiters."""
+        ...
+
+    def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
+        """While open: a future resolved when a replica announces a fill of `key`, or None."""
+        ...
+
+    async def cooldown_until(self, bucket: str) -> float:
+        """The wall-clock time until which `bucket` must not call the upstream (0 if none)."""
+        ...
+
+    async def start_cooldown(self, bucket: str, until: float, ttl: float) -> None:
+        """Share with every replica: `bucket` cools down until `until` (`ttl` seconds from now)."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers now."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class WatchedStore(Store, Protocol):
+    """A Store behind the breaker (store/guard.py), which also knows how the store is doing."""
+
+    @property
+    def writes_refused(self) -> bool:
+        """True for a while after the store refused a write (StoreRefused): what it holds is
+        still served, but nothing new can be stored."""
+        ...
+
+
+class UpstreamError(Exception):
+    """The upstream could not answer; `label` names the failure in metrics."""
+
+    label = "unreachable"
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Connecting to the upstream, or reading its answer, failed."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within the configured timeout."""
+
+    label = "timeout"
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """What to send upstream: the client's raw path and query, with headers already filtered."""
+
+    method: str
+    raw_path: bytes
+    query_string: bytes
+    headers: Sequence[Header]
+    body: AsyncIterator[bytes] | None = None
+
+
+@dataclass(slots=True)
+class FetchedResponse:
+    """An upstream answer read up to a size bound.
+
+    `body` is the whole body when `complete`; otherwise it is the first part and `rest` yields
+    the remainder, which the caller must drain or `aclose`.
+    """
+
+    status: int
+    headers: list[Header]
+    body: bytes
+    complete: bool = True
+    rest: AsyncGenerator[bytes, None] | None = None
+    elapsed: float = 0.0
+
+
+@dataclass(slots=True)
+class StreamedResponse:
+    """An upstream answer to relay as it arrives; `aclose` must be awaited when done."""
+
+    status: int
+    headers: list[Header]
+    chunks: AsyncIterator[bytes]
+    closer: _Closer = field(repr=False)
+
+    async def aclose(self) -> None:
+        await self.closer()
+
+
+class _Closer(Protocol):
+    async def __call__(self) -> None: ...
+
+
+class Upstream(Protocol):
+    """The Lunary API, behind whatever transport. Raises only UpstreamError subclasses."""
+
+    async def fetch(self, request: UpstreamRequest, max_body: int) -> FetchedResponse:
+        """Send `request` and read up to `max_body` bytes of the answer into memory."""
+        ...
+
+    async def stream(self, request: UpstreamRequest) -> StreamedResponse:
+        """Send `request` (streaming its body) and return the answer unread."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,110 @@
+"""The answers of cached routes: status, body, and the X-Cache, Age, Cache-Status, ETag set."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+
+from proxy.cache import errors
+from proxy.cache.ports import FetchedResponse
+from proxy.core.headers import Header, first_value, if_none_match_hits
+from proxy.core.model import CacheResult, Entry, Judgement, Reason
+from proxy.core.policy import cache_status, make_etag
+
+# Upstream headers not relayed on a miss: the length is ours to set, the validator is ours.
+RELAY_DROP = frozenset({b"content-length", b"etag", b"last-modified"})
+
+
+@dataclass(slots=True)
+class Reply:
+    """What to send back: `body` first, then `rest` (if streaming); `cache` is the metric label."""
+
+    status: int
+    headers: list[Header]
+    body: bytes = b""
+    rest: AsyncGenerator[bytes, None] | None = None
+    cache: str = ""
+    upstream_status: int | None = None  # what the upstream answered this request, if it was asked
+
+
+def hit(entry: Entry, judgement: Judgement) -> Reply:
+    negative = entry.status != 200
+    headers = entry_headers(entry)
+    headers += [
+        (b"x-cache", b"HIT"),
+        (b"age", b"%d" % judgement.age),
+        (
+            b"cache-status",
+            cache_status(hit=True, ttl=judgement.ttl, detail=Reason.NEGATIVE if negative else None),
+        ),
+    ]
+    return Reply(entry.status, headers, entry.body, cache="negative_hit" if negative else "hit")
+
+
+def stale(
+    entry: Entry, judgement: Judgement, reason: Reason, upstream_status: int | None = None
+) -> Reply:
+    """A stale entry served at once: while revalidating, or because the upstream failed."""
+    headers = entry_headers(entry)
+    headers += [
+        (b"x-cache", b"STALE"),
+        (b"age", b"%d" % judgement.age),
+        (
+            b"cache-status",
+            cache_status(fwd="stale", fwd_status=upstream_status, ttl=judgement.ttl, detail=reason),
+        ),
+    ]
+    return Reply(entry.status, headers, entry.body, cache="stale", upstream_status=upstream_status)
+
+
+def relayed(fetched: FetchedResponse, result: CacheResult, status_header: bytes) -> Reply:
+    """The upstream's own answer to this request: its end-to-end headers and ours."""
+    headers = [(n, v) for n, v in fetched.headers if n not in RELAY_DROP]
+    if fetched.status == 200 and fetched.complete:
+        headers.append((b"etag", make_etag(fetched.body).encode("ascii")))
+    headers += [(b"x-cache", result.value.encode()), (b"cache-status", status_header)]
+    return Reply(
+        fetched.status, headers, fetched.body, fetched.rest, result.value.lower(), fetched.status
+    )
+
+
+def collapsed(entry: Entry, result: CacheResult, fwd: str, detail: Reason | None = None) -> Reply:
+    """An answer another request fetched for this key: only what a stored entry would carry."""
+    headers = entry_headers(entry)
+    status_header = cache_status(fwd=fwd, fwd_status=entry.status, collapsed=True, detail=detail)
+    headers += [(b"x-cache", result.value.encode()), (b"cache-status", status_header)]
+    return Reply(entry.status, headers, entry.body, cache=result.value.lower())
+
+
+def entry_headers(entry: Entry) -> list[Header]:
+    headers: list[Header] = []
+    if entry.content_type:
+        headers.append((b"content-type", entry.content_type.encode("latin-1")))
+    if entry.status == 200:
+        headers.append((b"etag", entry.etag.encode("ascii")))
+    return headers
+
+
+def failure(reply: errors.ProxyErrorReply, result: CacheResult, detail: Reason) -> Reply:
+    headers = [
+        (b"content-type", errors.JSON_TYPE),
+        *reply.headers,
+        (b"x-cache", result.value.encode()),
+        (b"cache-status", cache_status(fwd="miss", detail=detail)),
+    ]
+    return Reply(reply.status, headers, reply.body(), cache=result.value.lower())
+
+
+def rate_limited(remaining: float, result: CacheResult) -> Reply:
+    return failure(errors.rate_limited(remaining), result, Reason.COOLDOWN)
+
+
+def not_modified_if_matching(reply: Reply, if_none_match: bytes) -> Reply:
+    """304 when the client already holds this 200's validator (weak comparison)."""
+    if reply.status != 200 or reply.rest is not None:
+        return reply
+    etag = first_value(reply.headers, b"etag")
+    if etag is None or not if_none_match_hits(if_none_match, etag.decode("ascii")):
+        return reply
+    headers = [(n, v) for n, v in reply.headers if n != b"content-type"]
+    return Reply(304, headers, b"", cache=reply.cache, upstream_status=reply.upstream_status)

@@ -1,0 +1,1 @@
+"""What an operator reads and what runs beside requests: metrics, logs, access lines, tasks."""

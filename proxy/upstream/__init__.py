@@ -1,0 +1,1 @@
+"""The Upstream port's adapter: Lunary over HTTP."""
