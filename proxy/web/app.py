@@ -42,7 +42,7 @@ from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
 from proxy.store.notify import FillNotices
 from proxy.store.redis import FILLED_CHANNEL, INVALIDATED_CHANNEL, RedisStore
-from proxy.upstream.client import AiohttpUpstream
+from proxy.upstream import LunaryUpstream
 from proxy.web.admin import Admin, query_carries, token_carrier
 from proxy.web.asgi import (
     ClientGone,
@@ -153,8 +153,8 @@ class ProxyApp:
         store = await self._open_store(notices)
         # two pools: passthrough (slow answers, large bodies) can never take the connections
         # cache fills need, nor fills the passthrough's
-        fills = AiohttpUpstream(s.upstream_url, s.upstream_timeout, s.fill_max_connections)
-        forwards = AiohttpUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
+        fills = LunaryUpstream(s.upstream_url, s.upstream_timeout, s.fill_max_connections)
+        forwards = LunaryUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
         bodies = BodyBuffer(s.max_request_bytes, s.request_buffer_bytes, s.request_spool_bytes)
         cooldowns = Cooldowns(store)
         lifetimes = Lifetimes(
