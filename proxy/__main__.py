@@ -49,9 +49,12 @@ def main() -> None:
         )
     from proxy.web.app import create_app
 
-    target = "proxy.web.app:app" if settings.workers > 1 else create_app(settings)
+    # workers each build their app from the environment (uvicorn's factory); one worker is this
+    # process, its app built here
+    target = "proxy.web.app:app_from_environment" if settings.workers > 1 else create_app(settings)
     uvicorn.run(
         target,
+        factory=settings.workers > 1,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

@@ -10,10 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from config import Settings
 from proxy.__main__ import server_options
-from proxy.web.app import ProxyApp, create_app
+from proxy.web.app import create_app
 from tests.fake_lunary import FakeLunary
 from tests.servers import (
     RedisClusterServers,
@@ -115,7 +116,7 @@ def upstream(fake: FakeLunary) -> Iterator[ServerThread]:
 
 @dataclass
 class RunningProxy:
-    app: ProxyApp
+    app: Starlette
     url: str
     client: httpx.Client
 

@@ -118,3 +118,10 @@ def method_not_allowed(
 
 def not_ready(reason: str) -> ProxyErrorReply:
     return ProxyErrorReply(503, "not_ready", reason)
+
+
+def internal_error() -> ProxyErrorReply:
+    """An exception the proxy did not expect: the client gets JSON, the log the traceback."""
+    return ProxyErrorReply(
+        500, "internal_error", "The proxy failed to answer this request; see its log."
+    )

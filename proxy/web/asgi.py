@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from proxy.cache.errors import JSON_TYPE, ProxyErrorReply
+from proxy.cache.ports import UpstreamError
 from proxy.core.headers import Header
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+log = logging.getLogger("proxy")
 
 
 class ClientGone(Exception):
@@ -67,3 +71,28 @@ def has_body(headers: list[Header]) -> bool:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
             return True
     return False
+
+
+async def relay(
+    send: Send,
+    status: int,
+    headers: list[Header],
+    first: bytes,
+    rest: AsyncIterator[bytes],
+    close: Callable[[], Awaitable[None]],
+) -> None:
+    """Stream an upstream body to the client, and always release the upstream response."""
+    try:
+        await send_streamed(send, status, headers, first, rest)
+    except UpstreamError as exc:
+        # the headers are out: returning without the final body message makes the server cut
+        # the connection, so the client sees a truncated answer, never a complete wrong one
+        log.warning("upstream failed mid-response", extra={"error": type(exc).__name__})
+    finally:
+        await close()
+
+
+def client_host(scope: Scope) -> str | None:
+    """The socket peer's address (never a client-sent header: see SPEC section 2)."""
+    client = scope.get("client")
+    return client[0] if client else None

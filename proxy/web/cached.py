@@ -1,0 +1,74 @@
+"""The two cached run routes' endpoint, and the run id convertor their paths are matched with."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from starlette.convertors import Convertor
+
+from proxy.cache import errors
+from proxy.cache.reads import ReadRequest
+from proxy.core.model import CachedRoute, RouteKind
+from proxy.core.paths import unquote_segment
+from proxy.core.runs import canonical_run_id
+from proxy.web.access import access_of
+from proxy.web.asgi import Receive, Scope, Send, client_host, relay, send_error, send_whole
+from proxy.web.components import Live
+
+# A Postgres UUID spelling (proxy/core/runs.py) as it may stand in a raw path: every character
+# literal or percent-encoded once. Exactly the segments canonical_run_id(unquote_segment(...))
+# reads as a run id (tests/unit/test_routes.py), so the router sends nothing else here.
+_HEX = r"(?:[0-9a-fA-F]|%3[0-9]|%4[1-6]|%6[1-6])"
+_HYPHEN = r"(?:-|%2[dD])"
+_DIGITS = rf"{_HEX}{{4}}(?:{_HYPHEN}?{_HEX}{{4}}){{7}}"
+RUN_ID_SPELLING = rf"(?:(?:\{{|%7[bB]){_DIGITS}(?:\}}|%7[dD])|{_DIGITS})"
+
+
+class RunIdConvertor(Convertor[str]):
+    """`{run_id:run_id}`: a UUID spelling Lunary accepts, converted to its canonical form."""
+
+    regex: ClassVar[str] = RUN_ID_SPELLING
+
+    def convert(self, value: str) -> str:
+        run_id = canonical_run_id(unquote_segment(value.encode("latin-1")))
+        if run_id is None:  # the regex admits only what canonical_run_id reads
+            raise ValueError(f"not a run id: {value!r}")
+        return run_id
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+class CachedRunRead:
+    """GET or HEAD on `/v1/runs/{id}` or `/v1/runs/{id}/related`: a raw ASGI endpoint (no
+    Request or Response objects on the hit path), answered by the read driver."""
+
+    def __init__(self, kind: RouteKind, live: Live) -> None:
+        self._kind = kind
+        self._live = live
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parts = self._live.parts
+        if parts is None:
+            await send_error(send, errors.not_ready("the proxy is starting or stopping"))
+            return
+        route = CachedRoute(self._kind, scope["path_params"]["run_id"])
+        method: str = scope["method"]
+        access = access_of(scope)
+        access.route = self._kind.value
+        reply = await parts.reads.serve(
+            ReadRequest(
+                route=route,
+                method=method,
+                raw_path=scope["raw_path"],
+                query_string=scope.get("query_string", b""),
+                headers=scope["headers"],
+                client_host=client_host(scope),
+            )
+        )
+        access.cache, access.upstream_status = reply.cache, reply.upstream_status
+        if reply.rest is None:
+            await send_whole(send, reply.status, reply.headers, reply.body, head=method == "HEAD")
+        else:
+            rest = reply.rest
+            await relay(send, reply.status, reply.headers, reply.body, rest, rest.aclose)

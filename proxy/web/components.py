@@ -1,0 +1,194 @@
+"""Everything the lifespan opens and closes: the store, both upstream pools, the read driver,
+the invalidator, background tasks; built from the settings, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from config import Settings
+from proxy.cache.cooldowns import Cooldowns
+from proxy.cache.invalidation import Invalidator
+from proxy.cache.ports import Store, StoreError, Upstream
+from proxy.cache.reads import CachedReads, Coordination
+from proxy.core.cuts import Cuts
+from proxy.core.policy import Lifetimes
+from proxy.core.scope import ScopeHasher
+from proxy.ops.metrics import Metrics
+from proxy.ops.tasks import TaskSet
+from proxy.store.connection import connect
+from proxy.store.cutting import CutListener, CuttingStore
+from proxy.store.guard import GuardedStore
+from proxy.store.memory import MemoryStore
+from proxy.store.notify import FillNotices
+from proxy.store.redis import FILLED_CHANNEL, INVALIDATED_CHANNEL, RedisStore
+from proxy.upstream import LunaryUpstream
+from proxy.web.admin import Admin
+from proxy.web.buffering import BodyBuffer
+from proxy.web.passthrough import Passthrough
+
+log = logging.getLogger("proxy")
+# how long start-up waits for the store's first connection (and a Cluster's slot map): a store
+# that is down refuses at once; this bounds one that does not answer at all
+STORE_CONNECT_BUDGET = 5.0
+
+
+@dataclass(slots=True)
+class Components:
+    """Everything the lifespan opens and closes."""
+
+    store: Store
+    reads: CachedReads
+    passthrough: Passthrough
+    upstreams: tuple[Upstream, ...]
+    tasks: TaskSet
+    invalidator: Invalidator
+    admin: Admin
+    notices: FillNotices | None
+    listener: asyncio.Task[None] | None
+
+
+class Live:
+    """The components while the app is up (None while it starts or stops): what every endpoint
+    reads, and the lifespan sets."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: Components | None = None
+
+
+async def open_components(settings: Settings, metrics: Metrics, hasher: ScopeHasher) -> Components:
+    s = settings
+    tasks = TaskSet()
+    notices = _open_notices(s)
+    listener = None if notices is None else asyncio.create_task(notices.run())
+    store = await _open_store(s, metrics, notices)
+    # two pools: passthrough (slow answers, large bodies) can never take the connections
+    # cache fills need, nor fills the passthrough's
+    fills = LunaryUpstream(s.upstream_url, s.upstream_timeout, s.fill_max_connections)
+    forwards = LunaryUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
+    bodies = BodyBuffer(s.max_request_bytes, s.request_buffer_bytes, s.request_spool_bytes)
+    cooldowns = Cooldowns(store)
+    cuts = Cuts(s.active_run_ttl)
+    cutting = CuttingStore(store, cuts)
+    reads = CachedReads(
+        cutting, fills, hasher, _lifetimes(s), metrics, tasks, cooldowns, _coordination(s)
+    )
+    if notices is not None:  # writes through other replicas detach fills here too
+        notices.on_invalidated = reads.forget_run
+        _follow_cuts(notices, CutListener(store, cutting, cuts, reads.forget_all), tasks)
+    invalidator = Invalidator(
+        store,
+        metrics,
+        # a generation (or a cut) outlives every entry written before it, and every fill that
+        # read the older state
+        keep_for=max(s.cache_ttl + s.stale_ttl, s.negative_ttl) + s.upstream_timeout + 1,
+        cuts=cuts,
+        # a cut matters one by one for the active-run TTL; a second more for clock skew
+        cut_window=s.active_run_ttl + 1,
+        on_dropped=reads.forget_runs,
+        on_cut=reads.forget_all,
+    )
+    return Components(
+        store=store,
+        reads=reads,
+        passthrough=Passthrough(forwards, bodies, metrics, cooldowns),
+        upstreams=(fills, forwards),
+        tasks=tasks,
+        invalidator=invalidator,
+        admin=Admin(s.admin_token.get_secret_value(), invalidator),
+        notices=notices,
+        listener=listener,
+    )
+
+
+async def close_components(parts: Components) -> None:
+    await parts.invalidator.close()
+    # in-flight fills and refreshes get a moment to land, then are cancelled
+    await parts.tasks.close(grace=1.0)
+    if parts.listener is not None:
+        parts.listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await parts.listener
+    for upstream in parts.upstreams:
+        await upstream.close()
+    await parts.store.close()
+    if parts.notices is not None:
+        await parts.notices.close()
+
+
+def _lifetimes(s: Settings) -> Lifetimes:
+    return Lifetimes(
+        cache_ttl=s.cache_ttl,
+        stale_ttl=s.stale_ttl,
+        active_run_ttl=s.active_run_ttl,
+        negative_ttl=s.negative_ttl,
+        max_entry_bytes=s.max_entry_bytes,
+    )
+
+
+def _coordination(s: Settings) -> Coordination:
+    return Coordination(
+        # a leader's fetch cannot outlive the upstream timeout; the lease adds a margin
+        lock_lease=s.upstream_timeout + 1,
+        coalesce_timeout=s.effective_coalesce_timeout,
+    )
+
+
+def _follow_cuts(notices: FillNotices, listener: CutListener, tasks: TaskSet) -> None:
+    """Other replicas' cuts arrive as announcements; until the listener has subscribed and
+    read back the kept ones, nothing is answered from the store."""
+    listener.lost()
+    notices.on_cut = listener.heard
+    notices.on_lost = listener.lost
+    notices.on_subscribed = lambda: tasks.spawn(listener.catch_up(), "cuts")
+    if notices.subscribed.is_set():  # it subscribed while the store was being opened
+        notices.on_subscribed()
+
+
+def _open_notices(s: Settings) -> FillNotices | None:
+    if not s.redis_url:
+        return None
+    # no silent reconnect: a lost subscription must be seen (store/cutting.py)
+    listener = connect(s.redis_url, cluster=s.redis_cluster, timeout=None, retries=0)
+    return FillNotices(listener, FILLED_CHANNEL, INVALIDATED_CHANNEL)
+
+
+async def _open_store(s: Settings, metrics: Metrics, notices: FillNotices | None) -> GuardedStore:
+    if not s.redis_url:
+        return GuardedStore(MemoryStore(s.memory_max_entries), metrics)
+    client = connect(s.redis_url, cluster=s.redis_cluster, timeout=s.redis_timeout)
+    redis_store = RedisStore(
+        client, s.redis_timeout, on_corrupt=metrics.corrupt_entry, notices=notices
+    )
+    store = GuardedStore(redis_store, metrics)
+    try:
+        await redis_store.connect(STORE_CONNECT_BUDGET)
+    except StoreError as exc:  # not fatal: requests bypass it until it answers
+        log.warning(
+            "the store does not answer at start-up: serving from Lunary until it does",
+            extra={"store": store_description(s), "error": str(exc)},
+        )
+        store.failed_at_start()
+    return store
+
+
+def store_description(s: Settings) -> str:
+    if not s.redis_url:
+        return f"in-memory (embedded, up to {s.memory_max_entries} entries, not shared)"
+    kind = "redis cluster" if s.redis_cluster else "redis"
+    return f"{kind} at {redacted(s.redis_url)}"
+
+
+def redacted(url: str) -> str:
+    """A URL fit for logs: no password in the user part, no query (it may carry one too)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user_info, host = netloc.rsplit("@", 1)
+        netloc = user_info.split(":", 1)[0] + ":***@" + host
+    return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
