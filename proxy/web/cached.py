@@ -44,7 +44,7 @@ class CachedRunRead:
     Request or Response objects on the hit path), answered by the read driver."""
 
     def __init__(self, kind: RouteKind, live: Live) -> None:
-        self._kind = kind
+        self.kind = kind
         self._live = live
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -52,10 +52,10 @@ class CachedRunRead:
         if parts is None:
             await send_error(send, errors.not_ready("the proxy is starting or stopping"))
             return
-        route = CachedRoute(self._kind, scope["path_params"]["run_id"])
+        route = CachedRoute(self.kind, scope["path_params"]["run_id"])
         method: str = scope["method"]
         access = access_of(scope)
-        access.route = self._kind.value
+        access.route = self.kind.value
         reply = await parts.reads.serve(
             ReadRequest(
                 route=route,
