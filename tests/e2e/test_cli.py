@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.fake_lunary import FakeLunary
-from tests.servers import ServerThread, free_port
+from tests.servers import ProxyProcess, ServerThread, free_port
 
 
 def clean_env(**settings: str) -> dict[str, str]:
@@ -141,3 +141,61 @@ def test_dotenv_file_is_read(tmp_path: Path) -> None:
 
     assert result.returncode == 2
     assert "PROXY_CACHE_TTL" in result.stderr
+
+
+def test_workers_build_their_apps_from_the_environment_and_share_one_scope_secret(
+    redis_url: str,
+) -> None:
+    """PROXY_WORKERS=2: uvicorn's factory builds each worker's app; with no secret set, the one
+    the console script generates is shared, so an entry one worker filled is a hit in the other."""
+    fake = FakeLunary()
+    key, run = fake.add_key(), fake.add_run()
+    with (
+        ServerThread(fake) as upstream,
+        ProxyProcess(
+            PROXY_WORKERS="2",
+            PROXY_UPSTREAM_URL=upstream.url,
+            PROXY_REDIS_URL=redis_url,
+            PROXY_LOG_FORMAT="console",
+        ) as proxy,
+    ):
+        url = f"{proxy.url}/v1/runs/{run}"
+        # new connections each: the kernel spreads them over both workers' accept queues
+        answers = [httpx.get(url, headers={"X-API-Key": key}) for _ in range(20)]
+        log = proxy.log()
+
+    assert log.count("lunary-cache-proxy ready") == 2  # one lifespan per worker
+    assert log.count("the workers share a random one") == 1
+    assert "using a random one" not in log  # no worker made a secret of its own
+    assert [a.status_code for a in answers] == [200] * 20
+    assert [a.headers["x-cache"] for a in answers] == ["MISS"] + ["HIT"] * 19
+    assert fake.count(run) == 1
+
+
+def test_uvicorns_own_command_line_serves_the_app_factory(tmp_path: Path) -> None:
+    port = free_port()
+    factory = "proxy.web.app:app_from_environment"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port)],
+        env=clean_env(),
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline, health = time.monotonic() + 15, None
+        while time.monotonic() < deadline and health is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz")
+            except httpx.TransportError:
+                time.sleep(0.1)
+        missing = httpx.get(f"http://127.0.0.1:{port}/admin/purge")  # no token set: off
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+
+    assert health is not None
+    assert health.status_code == 200
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/json")
+    assert "lunary-cache-proxy ready" in stderr
