@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from proxy.web import app
+from proxy.web import components
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.fake_lunary import FakeLunary
 from tests.prometheus import value
@@ -116,7 +116,7 @@ def test_a_store_that_never_answers_holds_start_up_for_the_connect_budget_only(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(app, "STORE_CONNECT_BUDGET", 0.5)  # 5 s in production
+    monkeypatch.setattr(components, "STORE_CONNECT_BUDGET", 0.5)  # 5 s in production
     key, run = fake.add_key(), fake.add_run()
     with socket.socket() as silent, caplog.at_level(logging.WARNING, logger="proxy"):
         silent.bind(("127.0.0.1", 0))
