@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +49,55 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if capture is not None:
         for handler in (capture.caplog_handler, capture.report_handler):
             handler.setFormatter(WithExtras(capture.formatter))
+
+
+# What marks a test redis_server (so `-m "not redis_server"` runs with no server at all):
+# a server fixture in its closure, a fixture of its own that returns a server, or a case of the
+# suite's store parametrization ([redis], [cluster]) that asks for a server by name at run time.
+# A test any rule misses fails at RedisServer.start (see pytest_runtest_protocol below).
+SERVER_FIXTURES = frozenset(
+    {"redis_server", "tls_redis", "redis_cluster_servers", "redis_sentinel", "redis_url",
+     "redis_cluster_url"}
+)  # fmt: skip
+SERVER_TYPES = re.compile(r"\bRedis(Server|ClusterServers|SentinelServers)\b")
+REAL_STORE_PARAMS = frozenset({"redis", "cluster"})
+
+
+def needs_redis_server(item: pytest.Item) -> bool:
+    if not isinstance(item, pytest.Function):
+        return False
+    if SERVER_FIXTURES.intersection(item.fixturenames):
+        return True
+    for fixturedefs in item._fixtureinfo.name2fixturedefs.values():
+        returns = [inspect.get_annotations(d.func).get("return", "") for d in fixturedefs]
+        if any(SERVER_TYPES.search(str(annotation)) for annotation in returns):
+            return True
+    params = item.callspec.params.values() if hasattr(item, "callspec") else ()
+    return any(isinstance(v, str) and v in REAL_STORE_PARAMS for v in params)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_redis_server(item) and item.get_closest_marker("redis_server") is None:
+            item.add_marker(pytest.mark.redis_server)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """An unmarked test that starts a redis-server fails, in every run: in the full one it
+    would pass, and only the fast tier, with no server, would find it missing."""
+    if item.get_closest_marker("redis_server") is None:
+        RedisServer.refusal = (
+            f"{item.nodeid} starts a redis-server but is not marked redis_server: request a "
+            "server fixture, or add @pytest.mark.redis_server"
+        )
+    try:
+        return (yield)
+    finally:
+        RedisServer.refusal = None
 
 
 @pytest.fixture(scope="session")
@@ -157,7 +208,13 @@ def make_proxy(upstream: ServerThread) -> Iterator[ProxyFactory]:
         yield start
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis_server),
+        pytest.param("cluster", marks=pytest.mark.redis_server),
+    ]
+)
 def proxy(request: pytest.FixtureRequest, make_proxy: ProxyFactory) -> RunningProxy:
     """A default proxy on the embedded store, on a real Redis and on a 3-master Cluster."""
     if request.param == "redis":

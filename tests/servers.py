@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import redis
 import uvicorn
@@ -157,6 +157,11 @@ class RedisServer:
     With `tls` (a TlsFiles), it listens for TLS only, with a certificate for 127.0.0.1.
     """
 
+    # Set by tests/conftest.py while a test without the redis_server marker runs, to the
+    # reason it may not start one: such a test would break `-m "not redis_server"`, the fast
+    # tier that runs with no server at all. None (outside pytest too): starting is allowed.
+    refusal: ClassVar[str | None] = None
+
     def __init__(self, *extra_args: str, tls: TlsFiles | None = None, port: int = 0) -> None:
         self.port = port or free_port()
         self.tls = tls
@@ -174,6 +179,8 @@ class RedisServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        if RedisServer.refusal is not None:
+            raise RuntimeError(RedisServer.refusal)
         port_args = () if self.tls else ("--port", str(self.port))
         self._process = subprocess.Popen(
             [

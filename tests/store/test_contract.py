@@ -1,4 +1,5 @@
-"""One contract, two stores: the embedded memory store and a real redis-server."""
+"""One contract, every store: the embedded memory store, and RedisStore on fakeredis and on a
+real redis-server (the same scripts and calls; the real one is the reference)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 
 from proxy.cache.ports import Store
 from proxy.core.model import Entry, EntryKey
-from proxy.store.connection import connect
 from proxy.store.memory import MemoryStore
 from proxy.store.redis import RedisStore
+from tests.store.backends import REDIS_BACKENDS, redis_backend
 
 RUN = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 BODY = '{"id":"a0eebc99","text":"héllo ✓"}'.encode() + bytes(range(256))
@@ -21,15 +22,14 @@ def entry(body: bytes = BODY, fresh: float = 60, stale: float = 600, status: int
     return Entry(status, "application/json; charset=utf-8", body, '"etag"', 1.7e9, fresh, stale)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *REDIS_BACKENDS])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "memory":
         memory = MemoryStore(max_entries=100)
         yield memory
         await memory.close()
     else:
-        url = request.getfixturevalue("redis_url")
-        redis_store = RedisStore(connect(url, cluster=False, timeout=1.0), timeout=1.0)
+        redis_store = RedisStore(redis_backend(request)(1.0), timeout=1.0)
         yield redis_store
         await redis_store.close()
 

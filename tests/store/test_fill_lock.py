@@ -1,4 +1,5 @@
-"""The cross-replica fill lock on a real Redis: leases, compare-and-delete, and wake-ups."""
+"""The cross-replica fill lock: leases, compare-and-delete, and wake-ups, on fakeredis and on
+a real Redis (what only a real server can tell, its command statistics, on the real one only)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from proxy.core.model import Entry, EntryKey
-from proxy.store.connection import connect
+from proxy.store.connection import close_client
 from proxy.store.notify import FillNotices
 from proxy.store.redis import FILLED_CHANNEL, INVALIDATED_CHANNEL, RedisStore, entry_redis_key
 from tests.servers import RedisServer
+from tests.store.backends import REDIS_BACKENDS, ClientFactory, real_redis, redis_backend
 
 KEY = EntryKey("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "run:scope")
 ENTRY = Entry(200, "application/json", b"{}", '"e"', 1.7e9, 60, 0)
@@ -20,11 +22,9 @@ ENTRY = Entry(200, "application/json", b"{}", '"e"', 1.7e9, 60, 0)
 class Replica:
     """One replica's store with its own pub/sub listener, as the app wires them."""
 
-    def __init__(self, url: str) -> None:
-        self.notices = FillNotices(
-            connect(url, cluster=False, timeout=None), FILLED_CHANNEL, INVALIDATED_CHANNEL
-        )
-        self.store = RedisStore(connect(url, cluster=False, timeout=1), 1, notices=self.notices)
+    def __init__(self, clients: ClientFactory) -> None:
+        self.notices = FillNotices(clients(None), FILLED_CHANNEL, INVALIDATED_CHANNEL)
+        self.store = RedisStore(clients(1), 1, notices=self.notices)
         self.listener = asyncio.create_task(self.notices.run())
 
     async def close(self) -> None:
@@ -34,12 +34,41 @@ class Replica:
         await self.notices.close()
 
 
-@pytest.fixture
-async def replicas(redis_url: str) -> AsyncIterator[tuple[Replica, Replica]]:
-    a, b = Replica(redis_url), Replica(redis_url)
+async def start_replicas(clients: ClientFactory) -> tuple[Replica, Replica]:
+    a, b = Replica(clients), Replica(clients)
     await asyncio.wait_for(
         asyncio.gather(a.notices.subscribed.wait(), b.notices.subscribed.wait()), 5
     )
+    return a, b
+
+
+async def stored(clients: ClientFactory, redis_key: str) -> bool:
+    """Whether `redis_key` is in the shared Redis, asked on a client of its own."""
+    client = clients(1)
+    try:
+        return bool(await client.exists(redis_key))
+    finally:
+        await close_client(client)
+
+
+@pytest.fixture(params=REDIS_BACKENDS)
+def clients(request: pytest.FixtureRequest) -> ClientFactory:
+    """The Redis both replicas share: fakeredis, or the real server."""
+    return redis_backend(request)
+
+
+@pytest.fixture
+async def replicas(clients: ClientFactory) -> AsyncIterator[tuple[Replica, Replica]]:
+    a, b = await start_replicas(clients)
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+@pytest.fixture
+async def real_replicas(redis_url: str) -> AsyncIterator[tuple[Replica, Replica]]:
+    """Two replicas on the real server, for what only it can tell (INFO, PUBSUB NUMSUB)."""
+    a, b = await start_replicas(real_redis(redis_url))
     yield a, b
     await a.close()
     await b.close()
@@ -68,7 +97,7 @@ async def test_a_slow_leader_never_releases_a_newer_lock(
 
 
 async def test_waiters_are_woken_when_the_entry_lands(
-    replicas: tuple[Replica, Replica], redis_server: RedisServer
+    replicas: tuple[Replica, Replica], clients: ClientFactory
 ) -> None:
     a, b = replicas
     assert await a.store.begin_fill(KEY, "leader", lease=5)
@@ -80,13 +109,13 @@ async def test_waiters_are_woken_when_the_entry_lands(
         await asyncio.wait_for(landed, 2)
 
     assert (await b.store.lookup(KEY)).entry == ENTRY
-    assert redis_server.client().exists(entry_redis_key(KEY)) == 1
+    assert await stored(clients, entry_redis_key(KEY))
 
 
 async def test_uncontended_fills_publish_nothing(
-    replicas: tuple[Replica, Replica], redis_server: RedisServer
+    real_replicas: tuple[Replica, Replica], redis_server: RedisServer
 ) -> None:
-    a, _ = replicas
+    a, _ = real_replicas
     redis_server.client().config_resetstat()
     published = redis_server.client().pubsub_numsub(FILLED_CHANNEL)[0][1]
 
