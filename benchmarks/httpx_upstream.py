@@ -1,7 +1,9 @@
-"""The Upstream port on httpx, as the proxy had it before aiohttp: kept to measure against.
+"""The Upstream port on stock httpx (httpcore's transport), as the proxy had it before aiohttp:
+kept to measure against.
 
-benchmarks/upstream_clients.py drives it and proxy.upstream.client.AiohttpUpstream side by side; the
-proxy itself no longer uses it (the README says why, with the figures).
+benchmarks/upstream_clients.py drives it beside the aiohttp baseline
+(benchmarks/aiohttp_upstream.py) and the proxy's adapter (proxy.upstream.LunaryUpstream: httpx on
+an aiohttp transport); the proxy itself no longer uses it (the README says why, with the figures).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from proxy.cache.ports import (
     UpstreamUnreachable,
 )
 from proxy.core.headers import Header, end_to_end
-from proxy.upstream.client import RESPONSE_DROP  # both clients relay the same headers
+from proxy.upstream.client import RESPONSE_DROP  # every adapter relays the same headers
 
 
 class HttpxUpstream:

@@ -1,8 +1,11 @@
-"""The upstream client alone: httpx against aiohttp behind the same Upstream port, side by side.
+"""The upstream client alone, three adapters behind the same Upstream port, side by side: raw
+aiohttp (the baseline, benchmarks/aiohttp_upstream.py), the proxy's own (httpx on the aiohttp
+transport, proxy.upstream.LunaryUpstream) and stock httpx (benchmarks/httpx_upstream.py).
 
 Each client fetches run bodies from the fast origin (30 ms latency, its own process) with 8 and
 64 requests in flight, in rounds taken in turns. Prints the client process's CPU time per
-request (what a miss costs the proxy's one core) and the rate it reached.
+request (what a miss costs the proxy's one core), the rate it reached, and both as ratios to
+the baseline.
 
     python -m benchmarks.upstream_clients [--rounds 3] [--requests 3000]
 """
@@ -18,21 +21,25 @@ from collections.abc import Callable
 
 import uvloop
 
-from benchmarks.harness import free_ports, median, origin_service
+from benchmarks.aiohttp_upstream import AiohttpUpstream
+from benchmarks.harness import free_ports, in_turns, median, origin_service
 from benchmarks.httpx_upstream import HttpxUpstream
 from proxy.cache.ports import Upstream, UpstreamRequest
-from proxy.upstream.client import AiohttpUpstream
+from proxy.upstream import LunaryUpstream
 
+BASELINE = "aiohttp"
 CLIENTS: dict[str, Callable[[str], Upstream]] = {
-    "httpx": lambda url: HttpxUpstream(url, 10, 100),
-    "aiohttp": lambda url: AiohttpUpstream(url, 10, 100),
+    BASELINE: lambda url: AiohttpUpstream(url, 10, 100),
+    "httpx-aiohttp": lambda url: LunaryUpstream(url, 10, 100),  # the proxy's
+    "stock httpx": lambda url: HttpxUpstream(url, 10, 100),
 }
 
 
 async def drive(upstream: Upstream, requests: int, in_flight: int) -> tuple[float, float]:
     """(CPU seconds per request, requests per second) for `requests` fetches."""
     headers = [(b"authorization", b"Bearer bench"), (b"accept-encoding", b"identity")]
-    queue = iter(range(requests))
+    # warm the pool and the code paths, unmeasured: a few requests per connection, not a run
+    queue = iter(range(min(requests, in_flight * 8)))
 
     async def worker() -> None:
         for _ in queue:
@@ -40,7 +47,7 @@ async def drive(upstream: Upstream, requests: int, in_flight: int) -> tuple[floa
             fetched = await upstream.fetch(UpstreamRequest("GET", path, b"", headers), 1 << 20)
             assert fetched.status == 200
 
-    await asyncio.gather(*(worker() for _ in range(in_flight // 4)))  # warm the pool
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
     queue = iter(range(requests))
     cpu, wall = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
@@ -66,26 +73,38 @@ def main() -> None:
     results: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
     with origin_service(port, latency=0.03) as origin:
         for round_number in range(args.rounds):
-            names = list(CLIENTS) if round_number % 2 == 0 else list(reversed(CLIENTS))
             for in_flight in args.in_flight:
-                for name in names:
+                for name in in_turns(list(CLIENTS), round_number):
                     cpu, rate = uvloop.run(measure(name, origin.url, args.requests, in_flight))
                     results[name, in_flight].append((cpu, rate))
                     print(
-                        f"round {round_number + 1} {name:>7} in flight {in_flight:<3} "
+                        f"round {round_number + 1} {name:>13} in flight {in_flight:<3} "
                         f"CPU {cpu * 1e6:6.0f} us/request  {rate:6.0f} req/s",
                         flush=True,
                     )
-    print(f"\nmedians over {args.rounds} rounds ({args.requests} requests, origin 30 ms)")
-    for in_flight in args.in_flight:
-        row = {name: results[name, in_flight] for name in CLIENTS}
-        cpus = {name: median([c for c, _ in runs]) for name, runs in row.items()}
-        rates = {name: median([r for _, r in runs]) for name, runs in row.items()}
-        print(
-            f"in flight {in_flight:<3} "
-            + "  ".join(f"{n}: {cpus[n] * 1e6:.0f} us CPU, {rates[n]:.0f} req/s" for n in CLIENTS)
-            + f"  httpx/aiohttp CPU {cpus['httpx'] / cpus['aiohttp']:.1f}x"
-        )
+    report(results, args.rounds, args.requests, args.in_flight)
+
+
+def report(
+    results: dict[tuple[str, int], list[tuple[float, float]]],
+    rounds: int,
+    requests: int,
+    in_flights: list[int],
+) -> None:
+    """Medians per client, and each as a ratio to the baseline (CPU: lower is better)."""
+    print(f"\nmedians over {rounds} rounds ({requests} requests, origin 30 ms)")
+    print(
+        f"{'in flight':>9} {'client':>13} {'CPU us/req':>10} {'req/s':>7} "
+        f"{'CPU / ' + BASELINE:>14} {'req/s / ' + BASELINE:>16}"
+    )
+    for in_flight in in_flights:
+        cpus = {n: median([c for c, _ in results[n, in_flight]]) for n in CLIENTS}
+        rates = {n: median([r for _, r in results[n, in_flight]]) for n in CLIENTS}
+        for name in CLIENTS:
+            print(
+                f"{in_flight:>9} {name:>13} {cpus[name] * 1e6:>10.0f} {rates[name]:>7.0f} "
+                f"{cpus[name] / cpus[BASELINE]:>13.2f}x {rates[name] / rates[BASELINE]:>15.2f}x"
+            )
 
 
 if __name__ == "__main__":

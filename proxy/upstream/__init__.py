@@ -1,5 +1,5 @@
-"""The Upstream port's adapter: Lunary over HTTP."""
+"""The Upstream port's adapter: Lunary over HTTP (httpx, on an aiohttp transport)."""
 
-from proxy.upstream.client import AiohttpUpstream as LunaryUpstream
+from proxy.upstream.client import LunaryUpstream
 
 __all__ = ["LunaryUpstream"]

@@ -20,7 +20,7 @@ import httpx
 import orjson
 
 from proxy.cache.ports import UpstreamRequest
-from proxy.upstream.client import AiohttpUpstream
+from proxy.upstream import LunaryUpstream
 from tests.conftest import ProxyFactory
 from tests.servers import InjectingUpstream, answer_tag
 
@@ -117,7 +117,7 @@ async def test_the_adapter_closes_a_pooled_connection_that_receives_bytes() -> N
     """One pooled connection, reused after an injection landed on it: the next fetch must get
     its own answer, over a new connection."""
     with InjectingUpstream(delay=0.05) as upstream:
-        client = AiohttpUpstream(upstream.url, timeout=2, max_connections=1)
+        client = LunaryUpstream(upstream.url, timeout=2, max_connections=1)
         try:
             for number in range(6):
                 token = f"key-{number % 2}"
@@ -164,7 +164,7 @@ async def test_a_response_sent_along_with_the_end_of_an_answer_is_never_paired()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = AiohttpUpstream(f"http://127.0.0.1:{port}", timeout=2, max_connections=1)
+    client = LunaryUpstream(f"http://127.0.0.1:{port}", timeout=2, max_connections=1)
     try:
         for number in range(4):
             path = f"/v1/templates/{number}"

@@ -1,14 +1,20 @@
-"""Upstream protection: 429 cooldowns shared by replicas, stale-if-error, pool bound, no retries."""
+"""Upstream protection: 429 cooldowns shared by replicas, stale-if-error, pool bound, no retries,
+and an upstream that is down answered 502, one that is slow 504."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import httpx
+import pytest
 
 from tests.conftest import ProxyFactory
 from tests.e2e.test_stampede import burst
+from tests.e2e.test_upstream_client import blackhole, closed_port_url
 from tests.fake_lunary import FakeLunary
 from tests.servers import ProxyProcess, RawServer, ServerThread, replica_settings
 
@@ -150,3 +156,47 @@ async def test_a_joiner_from_another_bucket_is_not_handed_the_leaders_429(
     assert limited.status_code == 429
     assert other.status_code == 200
     assert other.json()["id"] == run
+
+
+RUN = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
+
+
+@contextlib.contextmanager
+def refusing() -> Iterator[str]:
+    """A loopback port nothing listens on."""
+    yield closed_port_url()
+
+
+@pytest.mark.parametrize(
+    ("upstream_at", "status", "error"),
+    [
+        pytest.param(refusing, 502, "upstream_unreachable", id="refused"),
+        pytest.param(blackhole, 504, "upstream_timeout", id="never-accepted"),
+    ],
+)
+def test_an_upstream_that_refuses_is_a_502_and_one_that_never_connects_a_504(
+    make_proxy: ProxyFactory,
+    upstream_at: Callable[[], AbstractContextManager[str]],
+    status: int,
+    error: str,
+) -> None:
+    """A cached route and a passthrough path alike, over real sockets (the upstream's transport
+    reports both as connect errors of one kind: the adapter must tell them apart)."""
+    with upstream_at() as url:
+        proxy = make_proxy(upstream_url=url, upstream_timeout=0.3)
+        answers = [proxy.get(f"/v1/runs/{RUN}"), proxy.get("/v1/runs/count")]
+
+    assert [answer.status_code for answer in answers] == [status, status]
+    assert [answer.json()["error"] for answer in answers] == [error, error]
+
+
+def test_an_upstream_that_never_answers_is_a_504(
+    make_proxy: ProxyFactory, fake: FakeLunary
+) -> None:
+    proxy = make_proxy(upstream_timeout=0.3)
+    fake.latency = 1.0  # connected, the request read, no answer within the timeout
+
+    answers = [proxy.get(f"/v1/runs/{RUN}"), proxy.get("/v1/runs/count")]
+
+    assert [answer.status_code for answer in answers] == [504, 504]
+    assert [answer.json()["error"] for answer in answers] == ["upstream_timeout"] * 2
