@@ -1,8 +1,9 @@
 """`create_app(settings)`: the Starlette application, its routes table, lifespan and errors.
 
 Every endpoint is a raw ASGI callable (no Request or Response objects, no BaseHTTPMiddleware):
-Starlette routes, the endpoints stream. Two pure-ASGI layers run before the router: the access
-line (outermost) and the raw-path gate (SPEC section 11, proxy/web/gate.py).
+Starlette routes, the endpoints stream. Three pure-ASGI layers run before the router: the access
+line (outermost), the raw-path gate (SPEC section 11, proxy/web/gate.py), and the table's cached
+routes matched first (proxy/web/cached.py: the hit path skips the router's frames).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from proxy.core.scope import ScopeHasher
 from proxy.ops import logs
 from proxy.ops.metrics import Metrics
 from proxy.web.access import AccessLogged
-from proxy.web.cached import CachedRunRead, RunIdConvertor
+from proxy.web.cached import CachedRoutesFirst, CachedRunRead, RunIdConvertor
 from proxy.web.components import (
     Live,
     close_components,
@@ -68,11 +69,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             if parts is not None:
                 await close_components(parts)
 
+    table = routes(settings, live, registry)
     app = Starlette(
-        routes=routes(settings, live, registry),
+        routes=table,
         middleware=[
             Middleware(AccessLogged),
             Middleware(RequestGate, admin_token=settings.admin_token.get_secret_value()),
+            Middleware(CachedRoutesFirst, table=table),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
