@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from prometheus_client import CollectorRegistry
@@ -56,11 +56,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        try:
-            live.parts = await open_components(settings, metrics, hasher)
-        except Exception:
-            log.exception("start-up failed")
-            raise
+        # a failure here reaches uvicorn, which logs it with its traceback and stops
+        live.parts = await open_components(settings, metrics, hasher)
         _log_ready(settings, generated_secret)
         try:
             yield
@@ -77,7 +74,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Middleware(RequestGate, admin_token=settings.admin_token.get_secret_value()),
             Middleware(CachedRoutesFirst, table=table),
         ],
-        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={HTTPException: _router_answer(live), Exception: _internal_error},
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # a path is forwarded as sent, never redirected
@@ -105,20 +102,27 @@ def routes(settings: Settings, live: Live, registry: CollectorRegistry) -> list[
     return table
 
 
-async def _http_error(request: Request, exc: Exception) -> Response:
+def _router_answer(live: Live) -> Callable[[Request, Exception], Awaitable[Response]]:
     """The router's own answers (no route: 404; a cached path's other methods: 405), in the
-    proxy's JSON."""
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        allowed = ", ".join(m for m in READS if m in (exc.headers or {}).get("Allow", ""))
-        failure = errors.method_not_allowed(allowed.encode())
-    else:
-        failure = errors.not_found()
-    return _json(failure)
+    proxy's JSON; while the proxy starts or stops, a 503 as for every path it would serve."""
+
+    async def answer(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if live.parts is None:
+            failure = errors.not_ready("the proxy is starting or stopping")
+        elif exc.status_code == 405:
+            allowed = ", ".join(m for m in READS if m in (exc.headers or {}).get("Allow", ""))
+            failure = errors.method_not_allowed(allowed.encode())
+        else:
+            failure = errors.not_found()
+        return _json(failure)
+
+    return answer
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    return _json(errors.internal_error())  # Starlette logs the exception, uvicorn too
+    # Starlette re-raises the exception once this answer is sent: uvicorn logs it
+    return _json(errors.internal_error())
 
 
 def _json(failure: errors.ProxyErrorReply) -> Response:

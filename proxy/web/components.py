@@ -62,15 +62,31 @@ class Live:
 
 
 async def open_components(settings: Settings, metrics: Metrics, hasher: ScopeHasher) -> Components:
-    s = settings
+    """Open everything; a start-up that fails half-way closes what it had opened."""
+    async with contextlib.AsyncExitStack() as opened:
+        parts = await _assemble(settings, metrics, hasher, opened)
+        opened.pop_all()  # all open: close_components closes them from now on
+        return parts
+
+
+async def _assemble(
+    s: Settings, metrics: Metrics, hasher: ScopeHasher, opened: contextlib.AsyncExitStack
+) -> Components:
     tasks = TaskSet()
+    opened.push_async_callback(tasks.close, 0.0)
     notices = _open_notices(s)
     listener = None if notices is None else asyncio.create_task(notices.run())
+    if notices is not None and listener is not None:
+        opened.push_async_callback(notices.close)
+        opened.push_async_callback(_cancel, listener)
     store = await _open_store(s, metrics, notices)
+    opened.push_async_callback(store.close)
     # two pools: passthrough (slow answers, large bodies) can never take the connections
     # cache fills need, nor fills the passthrough's
     fills = LunaryUpstream(s.upstream_url, s.upstream_timeout, s.fill_max_connections)
+    opened.push_async_callback(fills.close)
     forwards = LunaryUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
+    opened.push_async_callback(forwards.close)
     bodies = BodyBuffer(s.max_request_bytes, s.request_buffer_bytes, s.request_spool_bytes)
     cooldowns = Cooldowns(store)
     cuts = Cuts(s.active_run_ttl)
@@ -107,18 +123,25 @@ async def open_components(settings: Settings, metrics: Metrics, hasher: ScopeHas
 
 
 async def close_components(parts: Components) -> None:
-    await parts.invalidator.close()
-    # in-flight fills and refreshes get a moment to land, then are cancelled
-    await parts.tasks.close(grace=1.0)
-    if parts.listener is not None:
-        parts.listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await parts.listener
-    for upstream in parts.upstreams:
-        await upstream.close()
-    await parts.store.close()
-    if parts.notices is not None:
-        await parts.notices.close()
+    """Close everything, each even when one before it fails (the last failure is raised).
+    In order: invalidations, background tasks, the listener, the upstream pools, the store."""
+    async with contextlib.AsyncExitStack() as closing:  # runs its callbacks last one first
+        if parts.notices is not None:
+            closing.push_async_callback(parts.notices.close)
+        closing.push_async_callback(parts.store.close)
+        for upstream in reversed(parts.upstreams):
+            closing.push_async_callback(upstream.close)
+        if parts.listener is not None:
+            closing.push_async_callback(_cancel, parts.listener)
+        # in-flight fills and refreshes get a moment to land, then are cancelled
+        closing.push_async_callback(parts.tasks.close, 1.0)
+        closing.push_async_callback(parts.invalidator.close)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _lifetimes(s: Settings) -> Lifetimes:

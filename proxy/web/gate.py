@@ -37,6 +37,11 @@ class RequestGate:
             return
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
         scope["raw_path"] = raw_path
+        if scope.get("root_path"):
+            # a transparent proxy routes and forwards the target as sent: with a root path
+            # (uvicorn --root-path), Starlette would route on part of it
+            scope["root_path"] = ""
+            scope["path"] = raw_path.decode("latin-1")
         if raw_path in OWN_PATHS:
             await self.app(scope, receive, send)
             return
