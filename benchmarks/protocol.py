@@ -7,38 +7,13 @@ protocol, side by side on one Redis, the two taken in turns each round.
 
 from __future__ import annotations
 
-import argparse
-
-from benchmarks.harness import free_ports, origin_service, require, shared_proxy
-from benchmarks.side_by_side import (
-    HIT_SETTINGS,
-    add_round_arguments,
-    measure_hits,
-    print_ratios,
-)
-from tests.servers import RedisServer
+from benchmarks.side_by_side import compare_hit_servers
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_round_arguments(parser)
-    args = parser.parse_args()
-    require("wrk", "redis-server")
-
-    origin_port, guarded_port, stock_port = free_ports(3)
-    with (
-        RedisServer() as redis,
-        origin_service(origin_port) as origin,
-        shared_proxy(guarded_port, origin.url, redis.url, **HIT_SETTINGS) as guarded,
-        shared_proxy(
-            stock_port, origin.url, redis.url, module="benchmarks.stock_server", **HIT_SETTINGS
-        ) as stock,
-    ):
-        services = {"guarded": guarded, "stock": stock}
-        measured = measure_hits(services, args.rounds, args.seconds, args.connections)
-
-    print(f"\nmedians over {args.rounds} rounds (wrk, loopback, 1 worker each)")
-    print_ratios(measured, "guarded", "stock", args.connections)
+    compare_hit_servers(
+        __doc__ or "", new=("guarded", "proxy"), old=("stock", "benchmarks.stock_server")
+    )
 
 
 if __name__ == "__main__":

@@ -13,12 +13,17 @@ from benchmarks.harness import (
     Service,
     WrkResult,
     cycling_requests,
+    free_ports,
     in_turns,
     measured_wrk,
     median,
+    origin_service,
+    require,
+    shared_proxy,
     wrk,
 )
 from benchmarks.hitpath import hit_targets, warm
+from tests.servers import RedisServer
 
 # every measured answer a fresh hit
 HIT_SETTINGS = {"cache_ttl": "3600"}
@@ -83,3 +88,26 @@ def print_ratios(measured: Rounds, new: str, old: str, connections: Sequence[int
             f"({median(new_cpu):.0f} vs {median(old_cpu):.0f} us); errors "
             f"{sum(r.errors for r in new_runs + old_runs)}"
         )
+
+
+def compare_hit_servers(doc: str, new: tuple[str, str], old: tuple[str, str]) -> None:
+    """A whole side-by-side run from the command line: two servers, each a (name, module run
+    with `python -m`), on one Redis and one origin, and the ratios of `new` to `old`."""
+    parser = argparse.ArgumentParser(description=doc)
+    add_round_arguments(parser)
+    args = parser.parse_args()
+    require("wrk", "redis-server")
+
+    (new_name, new_module), (old_name, old_module) = new, old
+    origin_port, new_port, old_port = free_ports(3)
+    with (
+        RedisServer() as redis,
+        origin_service(origin_port) as origin,
+        shared_proxy(new_port, origin.url, redis.url, module=new_module, **HIT_SETTINGS) as first,
+        shared_proxy(old_port, origin.url, redis.url, module=old_module, **HIT_SETTINGS) as second,
+    ):
+        services = {new_name: first, old_name: second}
+        measured = measure_hits(services, args.rounds, args.seconds, args.connections)
+
+    print(f"\nmedians over {args.rounds} rounds (wrk, loopback, 1 worker each)")
+    print_ratios(measured, new_name, old_name, args.connections)

@@ -23,6 +23,17 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
+def first_health(port: int, wait: float = 15) -> httpx.Response | None:
+    """The first answer of /healthz on `port` while the server starts, or None after `wait`."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz")
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return None
+
+
 def test_runs_with_no_configuration_on_the_memory_store(tmp_path: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
@@ -33,12 +44,7 @@ def test_runs_with_no_configuration_on_the_memory_store(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline, health = time.monotonic() + 15, None
-        while time.monotonic() < deadline and health is None:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz")
-            except httpx.TransportError:
-                time.sleep(0.1)
+        health = first_health(port)
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
     finally:
         os.kill(process.pid, signal.SIGTERM)
@@ -183,12 +189,7 @@ def test_uvicorns_own_command_line_serves_the_app_factory(tmp_path: Path) -> Non
         text=True,
     )
     try:
-        deadline, health = time.monotonic() + 15, None
-        while time.monotonic() < deadline and health is None:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz")
-            except httpx.TransportError:
-                time.sleep(0.1)
+        health = first_health(port)
         missing = httpx.get(f"http://127.0.0.1:{port}/admin/purge")  # no token set: off
     finally:
         os.kill(process.pid, signal.SIGTERM)
