@@ -128,6 +128,21 @@ async def test_a_refused_connection_is_unreachable_not_a_timeout(call: Call) -> 
 
 
 @pytest.mark.parametrize("call", ["fetch", "stream"])
+async def test_a_name_that_does_not_resolve_is_unreachable_not_a_timeout(call: Call) -> None:
+    """A misspelt PROXY_UPSTREAM_URL host (`.invalid` never resolves, RFC 6761): a 502. The
+    timeout is long, so a slow resolver cannot turn it into the timeout it must not be."""
+    client = LunaryUpstream("http://lunary.invalid", timeout=5, max_connections=2)
+    try:
+        with pytest.raises(UpstreamError) as raised:
+            await asyncio.wait_for(send(client, call, get()), 10)
+    finally:
+        await client.close()
+
+    assert isinstance(raised.value, UpstreamUnreachable)
+    assert not isinstance(raised.value, UpstreamTimeout)
+
+
+@pytest.mark.parametrize("call", ["fetch", "stream"])
 async def test_a_connection_never_accepted_is_a_timeout(call: Call) -> None:
     with blackhole() as url:
         error = await failure(url, call)
