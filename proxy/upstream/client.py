@@ -118,6 +118,8 @@ class LunaryUpstream:
             # the request-target, sent as the client wrote it (httpx would re-quote some of it)
             extensions={"target": target, "timeout": self._timeouts},
         )
+        if self._client.is_closed:  # shutting down: a request that outlived the grace period
+            raise UpstreamUnreachable("the upstream client is closed")
         try:
             return await self._client.send(outgoing, stream=True)
         except httpx.TimeoutException as exc:

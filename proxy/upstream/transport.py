@@ -13,6 +13,7 @@ keeps the rest of it (the session it is given, made on first use; closing it).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -25,6 +26,8 @@ from proxy.upstream.session import EnvProxy
 from proxy.upstream.upload import Upload, uploading
 
 CHUNK = 64 * 1024
+# handed to the stock constructor so that it builds no context of its own; never used
+_UNUSED_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 class SessionTransport(AiohttpTransport):
@@ -35,7 +38,10 @@ class SessionTransport(AiohttpTransport):
     """
 
     def __init__(self, session: Callable[[], aiohttp.ClientSession], proxy: EnvProxy) -> None:
-        super().__init__(client=session)
+        # TLS is the session's (aiohttp's default context, CA paths read at the handshake).
+        # The stock transport would build an httpx context it never uses: reading the CA
+        # bundle for nothing, and failing start-up on a bad SSL_CERT_FILE.
+        super().__init__(verify=_UNUSED_TLS, trust_env=False, client=session)
         self._proxy = proxy
 
     def _session(self) -> aiohttp.ClientSession:

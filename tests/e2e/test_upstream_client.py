@@ -408,3 +408,37 @@ async def test_answers_read_whole_reuse_one_connection() -> None:
 
     assert bodies == [b"hello"] * 6
     assert connections == 1
+
+
+async def test_a_bad_ca_bundle_setting_does_not_stop_a_plain_http_upstream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TLS is the aiohttp session's, read at a handshake: building the client reads no CA
+    bundle, so SSL_CERT_FILE pointing nowhere cannot stop start-up (it did once: httpx-aiohttp
+    built a context of its own)."""
+
+    async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        await writer.drain()
+        writer.close()
+
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+    async with serving(hello) as url:
+        client = LunaryUpstream(url, timeout=2, max_connections=1)
+        try:
+            body = await send(client, "fetch", get())
+        finally:
+            await client.close()
+
+    assert body == b"hello"
+
+
+@pytest.mark.parametrize("call", ["fetch", "stream"])
+async def test_a_request_after_close_is_unreachable(call: Call) -> None:
+    """A request that outlives the shutdown grace period: a 502, not an unexpected error."""
+    client = LunaryUpstream(closed_port_url(), timeout=1, max_connections=1)
+    await client.close()
+
+    with pytest.raises(UpstreamUnreachable):
+        await send(client, call, get())
