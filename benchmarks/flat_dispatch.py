@@ -54,7 +54,7 @@ class FlatDispatch:
         self._reads = {kind: CachedRunRead(kind, self._live) for kind in RouteKind}
         self._forward = Forward(self._live, settings.max_request_bytes)
         admin_token = settings.admin_token.get_secret_value()
-        self._layers = AccessLogged(RequestGate(self._dispatch, admin_token))
+        self._layers = AccessLogged(RequestGate(self._dispatch, admin_token, self._live))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -120,6 +120,11 @@ def not_ready(reason: str) -> ProxyErrorReply:
     return ProxyErrorReply(503, "not_ready", reason)
 
 
+def not_started() -> ProxyErrorReply:
+    """Before the lifespan has opened the store and the upstream pools, or after it closed them."""
+    return not_ready("the proxy is starting or stopping")
+
+
 def internal_error() -> ProxyErrorReply:
     """An exception the proxy did not expect: the client gets JSON, the log the traceback."""
     return ProxyErrorReply(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from prometheus_client import CollectorRegistry
@@ -71,10 +71,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=table,
         middleware=[
             Middleware(AccessLogged),
-            Middleware(RequestGate, admin_token=settings.admin_token.get_secret_value()),
+            Middleware(RequestGate, admin_token=settings.admin_token.get_secret_value(), live=live),
             Middleware(CachedRoutesFirst, table=table),
         ],
-        exception_handlers={HTTPException: _router_answer(live), Exception: _internal_error},
+        exception_handlers={HTTPException: _router_answer, Exception: _internal_error},
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # a path is forwarded as sent, never redirected
@@ -102,22 +102,14 @@ def routes(settings: Settings, live: Live, registry: CollectorRegistry) -> list[
     return table
 
 
-def _router_answer(live: Live) -> Callable[[Request, Exception], Awaitable[Response]]:
+async def _router_answer(request: Request, exc: Exception) -> Response:
     """The router's own answers (no route: 404; a cached path's other methods: 405), in the
-    proxy's JSON; while the proxy starts or stops, a 503 as for every path it would serve."""
-
-    async def answer(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if live.parts is None:
-            failure = errors.not_ready("the proxy is starting or stopping")
-        elif exc.status_code == 405:
-            allowed = ", ".join(m for m in READS if m in (exc.headers or {}).get("Allow", ""))
-            failure = errors.method_not_allowed(allowed.encode())
-        else:
-            failure = errors.not_found()
-        return _json(failure)
-
-    return answer
+    proxy's JSON (while it starts or stops, the gate has answered 503 before routing)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = ", ".join(m for m in READS if m in (exc.headers or {}).get("Allow", ""))
+        return _json(errors.method_not_allowed(allowed.encode()))
+    return _json(errors.not_found())
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -61,7 +61,7 @@ class CachedRunRead:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts = self._live.parts
         if parts is None:
-            await send_error(send, errors.not_ready("the proxy is starting or stopping"))
+            await send_error(send, errors.not_started())
             return
         route = CachedRoute(self.kind, scope["path_params"]["run_id"])
         method: str = scope["method"]

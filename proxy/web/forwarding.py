@@ -45,7 +45,7 @@ class Forward:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         parts = self._live.parts
         if parts is None:
-            await send_error(send, errors.not_ready("the proxy is starting or stopping"))
+            await send_error(send, errors.not_started())
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         if parts.passthrough.declared_too_large(headers):

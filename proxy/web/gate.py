@@ -6,7 +6,8 @@ convertor reads escapes as Lunary would), and `/%68ealthz` is Lunary's, not the 
 `/healthz`. The proxy's own paths, spelled exactly, go straight to the router; any other spelling
 of its own surface (`/ADMIN`, `//admin/..;/x`, `/OpenAPI.json`...) goes to the admin endpoint,
 which answers only the exact purge path: never forwarded, so an admin token never reaches
-Lunary. Everything else must pass the request-target and header checks first.
+Lunary. Everything else must pass the request-target and header checks first, and finds the
+proxy started.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from proxy.core.headers import hop_by_hop_credential, not_utf8
 from proxy.core.paths import check_path, is_own_surface
 from proxy.web.admin import query_carries, token_carrier
 from proxy.web.asgi import ASGIApp, Receive, Scope, Send, send_error
+from proxy.web.components import Live
 
 OWN_PATHS = frozenset({b"/healthz", b"/readyz", b"/metrics", b"/openapi.json"})
 ADMIN_PREFIX = b"/admin/"
@@ -27,9 +29,10 @@ class RequestGate:
     """Pure ASGI: refuses what must not be forwarded, then hands the request to the router with
     `path` set to the raw path it will route on."""
 
-    def __init__(self, app: ASGIApp, admin_token: str) -> None:
+    def __init__(self, app: ASGIApp, admin_token: str, live: Live) -> None:
         self.app = app
         self._admin_token = admin_token.encode()
+        self._live = live
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,6 +54,9 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         failure = self._refusal(scope, raw_path)
+        if failure is None and self._live.parts is None:
+            # before routing: not a 404 or 405 the proxy cannot know yet to be true
+            failure = errors.not_started()
         if failure is not None:
             await send_error(send, failure)
             return

@@ -49,7 +49,7 @@ class Readiness(OwnRead):
     async def answer(self) -> Answer:
         parts = self._live.parts
         if parts is None:
-            failure = errors.not_ready("the proxy is starting or stopping")
+            failure = errors.not_started()
             return failure.status, [JSON], failure.body()
         try:
             await parts.store.ping()
