@@ -97,9 +97,10 @@ class Filler:
             raise
         return await self._keep(fill, fetched, token)
 
-    async def fetch_after_waiting(self, fill: Fill, token: str | None) -> Filled:
-        """fetch_and_keep after waiting for another replica's fill: that leader may have met a
-        429, so the bucket's cooldown is checked again first."""
+    async def check_and_fetch(self, fill: Fill, token: str | None) -> Filled:
+        """fetch_and_keep after a cooldown check made holding the fill lock (released if the
+        check fails): the lock came with the lookup, or after waiting for another replica's
+        fill, whose leader may have met a 429."""
         try:
             await self.check_cooldown(fill)
         except BaseException:

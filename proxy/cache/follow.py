@@ -15,7 +15,7 @@ from proxy.cache.cooldowns import RateLimited
 from proxy.cache.fill import Fill, Filled, close_unread_body
 from proxy.cache.outcome import Plan, failed, for_leader, for_waiter
 from proxy.cache.ports import UpstreamError
-from proxy.cache.replicas import Coordination, ReplicaFills
+from proxy.cache.replicas import Coordination, Held, Led, ReplicaFills
 from proxy.cache.replies import Reply
 from proxy.core.model import EntryKey
 from proxy.ops.metrics import Metrics
@@ -47,11 +47,13 @@ class Flights:
         """Detach the fills of matching keys: they finish, but nobody new joins them."""
         self._flights.forget(matches)
 
-    async def reply(self, fill: Fill, plan: Plan) -> Reply:
-        """Join the fill in flight for this key, or lead one."""
+    async def reply(self, fill: Fill, plan: Plan, looked: Led | Held | None = None) -> Reply:
+        """Join the fill in flight for this key, or lead one, starting from what the request's
+        lookup did about the fill lock (`looked`)."""
         in_flight = self._flights.peek(fill.key)
         if in_flight is None:
-            return await self._lead(fill, plan)
+            return await self._lead(fill, plan, looked)
+        await self._fills.give_back(fill, looked)  # a rare race: a fill began here meanwhile
         return await self._join(fill, plan, *in_flight)
 
     async def own_reply(self, fill: Fill, plan: Plan) -> Reply:
@@ -62,8 +64,11 @@ class Flights:
         """Fetch for this request alone and at once, without the cross-replica lock."""
         return await self._answer_own(self._fills.fetch_alone(fill), plan)
 
-    async def _lead(self, fill: Fill, plan: Plan) -> Reply:
-        task, _ = self._flights.join(fill.key, lambda: self._fills.lead_or_follow(fill), plan)
+    async def _lead(self, fill: Fill, plan: Plan, looked: Led | Held | None) -> Reply:
+        def start() -> Coroutine[Any, Any, Filled]:
+            return self._fills.lead_or_follow(fill, looked)
+
+        task, _ = self._flights.join(fill.key, start, plan)
         try:
             filled = await self._shielded_for_leader(task)
         except TimeoutError:

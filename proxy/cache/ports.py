@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Protocol
 
 from proxy.core.headers import Header
@@ -39,11 +40,47 @@ class KeptCuts:
     recent: dict[str, float]
 
 
+class FillLock(Enum):
+    """What a lookup did about the key's fill lock (Store.lookup_or_lead)."""
+
+    # an entry is stored (fresh or stale), or the store could not judge what is: no lock asked for
+    NOT_ASKED = "not-asked"
+    # nothing servable is stored, and the caller now holds the lock under its token
+    LED = "led"
+    # nothing servable is stored, and another filler holds the lock: the caller is its waiter
+    HELD = "held"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A lookup and what it did about the fill lock: LED or HELD only when `found.entry` is None."""
+
+    found: Lookup
+    lock: FillLock
+
+
 class Store(Protocol):
     """Where entries live. Every method is bounded in time or raises StoreError."""
 
+    def peek(self, key: EntryKey) -> Entry | None:
+        """An entry the store can answer under `key` at once, with no I/O (an in-process tier
+        or store), else None: then `lookup` asks. The hit path's first question."""
+        ...
+
     async def lookup(self, key: EntryKey) -> Lookup:
         """The current entry under `key` (None when absent, expired, corrupt or invalidated)."""
+        ...
+
+    async def lookup_or_lead(self, key: EntryKey, token: str, lease: float) -> Claim:
+        """lookup, and begin_fill in the same store call when no entry of the run's current
+        generation is stored: a cold miss then costs one round trip before its fetch, not two.
+
+        A stored entry (fresh or stale) comes back NOT_ASKED: a hit takes no lock. LED: the
+        caller holds the lock under `token` for `lease` seconds and must end_fill on every path;
+        HELD: another filler holds it, and the caller is flagged as its waiter (as begin_fill
+        does). A call that raises leaves the caller holding nothing: the store gives back, best
+        effort, a lock it may have taken before the call failed or was cancelled.
+        """
         ...
 
     async def save(self, key: EntryKey, entry: Entry) -> None:

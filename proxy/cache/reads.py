@@ -54,7 +54,7 @@ class CachedReads:
         self._clock = clock
         filler = Filler(store, upstream, lifetimes, metrics, cooldowns, clock)
         fills = ReplicaFills(store, filler, metrics, coordination)
-        self._lookups = SharedLookups(store)
+        self._lookups = SharedLookups(store, coordination.lock_lease)
         self._flights = Flights(fills, metrics, tasks, coordination)
         self._refreshes = Refreshes(fills, metrics, tasks, clock)
 
@@ -119,13 +119,19 @@ class CachedReads:
     ) -> Reply:
         """Lookup, then a hit, a stale answer (refreshed behind it), or the fill; `refresh` is
         the client's no-cache: a fresh entry does not answer it."""
+        if not refresh and (held := self._store.peek(key)) is not None:
+            # answered in this process (the in-process tier, or the memory store): no await
+            judgement = judge(held, now)
+            if judgement.freshness is Freshness.FRESH:
+                return replies.hit(held, judgement)
         try:
-            found = await self._lookups.lookup(key)
+            looked = await self._lookups.lookup(key)
         except StoreError:
             fill = fill_for(request, facts, key, now, generation=0, use_store=False)
             return await self._flights.reply(fill, _bypass(fill.bucket, Reason.STORE_UNAVAILABLE))
+        found = looked.found
         stale: tuple[Entry, Judgement] | None = None
-        if found.entry is not None:
+        if found.entry is not None:  # then the lookup took no lock (Store.lookup_or_lead)
             judgement = judge(found.entry, now)
             if judgement.freshness is Freshness.FRESH and not refresh:
                 return replies.hit(found.entry, judgement)
@@ -140,7 +146,7 @@ class CachedReads:
             return replies.stale(*stale, Reason.REVALIDATING)
         fwd = "request" if refresh else ("stale" if found.entry is not None else "miss")
         plan = Plan(found.generation, True, fill.bucket, stale, CacheResult.MISS, fwd)
-        return await self._flights.reply(fill, plan)
+        return await self._flights.reply(fill, plan, looked.claim)
 
 
 def _bypass(bucket: str, reason: Reason) -> Plan:

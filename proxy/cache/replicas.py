@@ -2,7 +2,8 @@
 
 Each kind of fill has its own entry point, so every call site says what it does: a foreground
 fill leads or follows the replica holding the lock, a background refresh leads or skips, and a
-request that already waited its coalesce timeout fetches alone.
+request that already waited its coalesce timeout fetches alone. A foreground fill after a cold
+miss starts from what its lookup already did about the lock (lookup.py): led or held.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 
 from proxy.cache.fill import Fill, Filled, Filler
-from proxy.cache.ports import StoreError, WatchedStore
+from proxy.cache.ports import FillLock, StoreError, WatchedStore
 from proxy.core.model import Entry
 from proxy.ops.metrics import Metrics
 
@@ -31,7 +32,7 @@ class Coordination:
 
 
 @dataclass(frozen=True, slots=True)
-class _Led:
+class Led:
     """The fill is ours to fetch, holding `token` (None: the store could not coordinate, and the
     in-process single-flight alone holds)."""
 
@@ -39,10 +40,20 @@ class _Led:
 
 
 @dataclass(frozen=True, slots=True)
-class _Held:
-    """Another replica holds the fill lock; `token` is the one this fill would take it with."""
+class Held:
+    """Another replica holds the fill lock, and we are flagged as its waiter; `token` is the one
+    this fill would take it with."""
 
     token: str
+
+
+def claimed(lock: FillLock, token: str) -> Led | Held | None:
+    """What a lookup that asked with `token` left this request holding (None: nothing yet)."""
+    if lock is FillLock.LED:
+        return Led(token)
+    if lock is FillLock.HELD:
+        return Held(token)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,20 +79,28 @@ class ReplicaFills:
         self._metrics = metrics
         self._coordination = coordination
 
-    async def lead_or_follow(self, fill: Fill) -> Filled:
+    async def lead_or_follow(self, fill: Fill, looked: Led | Held | None = None) -> Filled:
         """A foreground fill: fetch under the key's fill lock, or wait (bounded) for the replica
-        holding it and take its entry."""
+        holding it and take its entry. `looked` is what the request's lookup did about the lock:
+        took it (Led), found it held and flagged us (Held), or nothing (None: claim it now)."""
+        if isinstance(looked, Led):  # the cooldown is checked holding it: a 429 gives it back
+            return await self._filler.check_and_fetch(fill, looked.token)
         await self._filler.check_cooldown(fill)
         if not fill.use_store:
             return await self._filler.fetch_and_keep(fill, None)
         with self._store.watch_fill(fill.key) as landed:
-            held = await self._claim(fill)
-            claim = await self._follow(fill, held, landed) if isinstance(held, _Held) else held
+            held = looked or await self._claim(fill)
+            claim = await self._follow(fill, held, landed) if isinstance(held, Held) else held
         if isinstance(claim, Filled):
             return claim
         if isinstance(claim, _Waited):
-            return await self._filler.fetch_after_waiting(fill, claim.token)
+            return await self._filler.check_and_fetch(fill, claim.token)
         return await self._filler.fetch_and_keep(fill, claim.token)
+
+    async def give_back(self, fill: Fill, looked: Led | Held | None) -> None:
+        """The request's lookup took the lock, but it joins a fill already under way here."""
+        if isinstance(looked, Led):
+            await self._filler.release(fill.key, looked.token)
 
     async def lead_or_skip(self, fill: Fill) -> Filled:
         """A background refresh: fetch under the key's fill lock; if another replica holds it,
@@ -91,7 +110,7 @@ class ReplicaFills:
             return await self._filler.fetch_and_keep(fill, None)
         with self._store.watch_fill(fill.key):
             claim = await self._claim(fill)
-        if isinstance(claim, _Held):
+        if isinstance(claim, Held):
             return Filled(None, None)
         if isinstance(claim, Filled):
             return claim
@@ -103,18 +122,18 @@ class ReplicaFills:
         await self._filler.check_cooldown(fill)
         return await self._filler.fetch_and_keep(fill, None)
 
-    async def _claim(self, fill: Fill) -> _Led | _Held | Filled:
+    async def _claim(self, fill: Fill) -> Led | Held | Filled:
         """Take the fill lock, unless another replica holds it or already stored the entry."""
         mine = secrets.token_hex(8)
         try:
             current = await self._store.lead_fill(fill.key, mine, self._coordination.lock_lease)
         except StoreError:
-            return _Led(None)  # cannot coordinate: in-process single-flight holds
+            return Led(None)  # cannot coordinate: in-process single-flight holds
         if current is None:
-            return _Held(mine)
+            return Held(mine)
         stored_meanwhile = self._filler.answering(current, fill)
         if stored_meanwhile is None:
-            return _Led(mine)
+            return Led(mine)
         # another replica stored the entry between our lookup and the lock: the store read it
         # in the same call that gave us the lock
         await self._filler.release(fill.key, mine)
@@ -122,7 +141,7 @@ class ReplicaFills:
         return Filled(None, stored_meanwhile)
 
     async def _follow(
-        self, fill: Fill, held: _Held, landed: asyncio.Future[None] | None
+        self, fill: Fill, held: Held, landed: asyncio.Future[None] | None
     ) -> Filled | _Waited:
         """Wait, bounded, for the replica holding the fill lock: its fresh entry; or the lock, once
         it came free (the leader stored nothing, died, or Redis lost it); or, after the coalesce

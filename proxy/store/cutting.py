@@ -1,8 +1,9 @@
 """Applying the fail-safe cuts (proxy/core/cuts.py) to every entry a lookup returns, and keeping
 this process's cuts in step with the other replicas'.
 
-Lookups, and the entry a fill lock reads back, pass through `Cuts.apply`, so no path of the read
-driver can hand out an entry the cuts have aged, and the driver itself knows nothing of them.
+Lookups (those that may take the fill lock too), and the entry a fill lock reads back, pass
+through `Cuts.apply`, so no path of the read driver can hand out an entry the cuts have aged,
+and the driver itself knows nothing of them.
 Another replica's cut arrives on pub/sub; while this process's listener is away it may miss
 some, so until it has subscribed again and read back the cuts the store keeps, nothing is
 answered from the store (every lookup is a miss; fills are still stored).
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from proxy.cache.ports import KeptCuts, Store, StoreError, WatchedStore
+from proxy.cache.ports import Claim, KeptCuts, Store, StoreError, WatchedStore
 from proxy.core.cuts import Cuts
 from proxy.core.model import Entry, EntryKey, Lookup
 
@@ -39,8 +40,19 @@ class CuttingStore:
     def writes_refused(self) -> bool:
         return self._inner.writes_refused
 
+    def peek(self, key: EntryKey) -> Entry | None:
+        entry = self._inner.peek(key)
+        if entry is None or not self.in_step:
+            return None
+        return self._cuts.apply(entry, key.scope, self._clock())
+
     async def lookup(self, key: EntryKey) -> Lookup:
         return self._cut(await self._inner.lookup(key), key)
+
+    async def lookup_or_lead(self, key: EntryKey, token: str, lease: float) -> Claim:
+        claim = await self._inner.lookup_or_lead(key, token, lease)
+        found = self._cut(claim.found, key)
+        return claim if found is claim.found else Claim(found, claim.lock)
 
     async def lead_fill(self, key: EntryKey, token: str, lease: float) -> Lookup | None:
         found = await self._inner.lead_fill(key, token, lease)

@@ -27,6 +27,8 @@ from contextlib import AbstractContextManager
 from typing import TypeVar
 
 from proxy.cache.ports import (
+    Claim,
+    FillLock,
     ForeignValue,
     KeptCuts,
     Store,
@@ -84,8 +86,24 @@ class GuardedStore:
         log.info("store accepts writes again")
         return False
 
+    def peek(self, key: EntryKey) -> Entry | None:
+        return self._inner.peek(key)  # no I/O: nothing for the breaker to guard
+
     async def lookup(self, key: EntryKey) -> Lookup:
         return await self._call("lookup", lambda: self._inner.lookup(key))
+
+    async def lookup_or_lead(self, key: EntryKey, token: str, lease: float) -> Claim:
+        """Counted as the "lookup" it is for every cached read. The lock is a write: while writes
+        are refused (and when this call is the one refused) it is a plain lookup, so reads go on
+        and the fill that follows stores nothing, as it would have with the lock refused."""
+        if not self.writes_refused:
+            try:
+                return await self._call(
+                    "lookup", lambda: self._inner.lookup_or_lead(key, token, lease)
+                )
+            except StoreRefused:
+                pass  # counted, and writes are now refused for a while
+        return Claim(await self.lookup(key), FillLock.NOT_ASKED)
 
     async def save(self, key: EntryKey, entry: Entry) -> None:
         self._check_writes()

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from proxy.cache.ports import KeptCuts
+from proxy.cache.ports import Claim, FillLock, KeptCuts
 from proxy.core.model import Entry, EntryKey, Lookup
 
 
@@ -32,6 +32,18 @@ class MemoryStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def peek(self, key: EntryKey) -> Entry | None:
+        """The memory store is in-process: a live entry is answered without an await."""
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        now = self._clock()
+        expires_at, entry = found
+        if expires_at <= now or entry.generation != self._generation(key.run_id, now):
+            return None  # lookup drops it
+        self._entries.move_to_end(key)
+        return entry
+
     async def lookup(self, key: EntryKey) -> Lookup:
         now = self._clock()
         generation = self._generation(key.run_id, now)
@@ -44,6 +56,11 @@ class MemoryStore:
             return Lookup(None, generation)
         self._entries.move_to_end(key)
         return Lookup(entry, generation)
+
+    async def lookup_or_lead(self, key: EntryKey, token: str, lease: float) -> Claim:
+        found = await self.lookup(key)
+        # one process: in-process single-flight already made us the only filler (see begin_fill)
+        return Claim(found, FillLock.NOT_ASKED if found.entry is not None else FillLock.LED)
 
     async def save(self, key: EntryKey, entry: Entry) -> None:
         if entry.kept_for <= 0:

@@ -13,6 +13,9 @@ Layout, all keys of a run in one Cluster hash slot:
                                             have expired
 An entry whose generation is behind the run's counter is ignored, so dropping every entry of a run
 is one INCR however many scopes hold it.
+
+A lookup takes the fill lock in the same round trip when nothing servable is stored, so a cold
+miss costs two round trips (LOOKUP_OR_LEAD, then END_FILL with the entry), a hit one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import hashlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import (
@@ -32,7 +36,14 @@ from redis.exceptions import (
     ResponseError,
 )
 
-from proxy.cache.ports import ForeignValue, KeptCuts, StoreError, StoreRefused
+from proxy.cache.ports import (
+    Claim,
+    FillLock,
+    ForeignValue,
+    KeptCuts,
+    StoreError,
+    StoreRefused,
+)
 from proxy.core.cuts import MAX_RECENT_CUTS
 from proxy.core.model import Entry, EntryKey, Lookup
 from proxy.store import codec
@@ -47,6 +58,42 @@ INVALIDATED_CHANNEL = KEY_PREFIX + "invalidated"
 CUTS_KEY = KEY_PREFIX + "{cuts}"  # one slot for both: the script touches them together
 CUTS_EXPIRED_KEY = CUTS_KEY + ":expired"
 
+# KEYS: generation, entry, lock, wait flag. ARGV: token, lease ms. A lookup (MGET, which reads a
+# value of another type as nil) that, when no entry of the run's generation is stored, does what
+# BEGIN_FILL does: {0, generation, entry} an entry is stored (or Lua cannot judge it exactly: the
+# caller decodes it), no lock asked for; {1, generation} the lock is ours; {2, generation} another
+# holds it, and we are flagged as its waiter. The entry's generation sits in codec.py's 33-byte
+# header after the magic ('LCP' and version 1 or 2) and the status: bytes 7 to 14, big-endian.
+# Lua's numbers are doubles, so a run's generation is judged only below 2^53 (Redis writes
+# microseconds, ~2^50); an entry's above it differs from any such generation anyway.
+LOOKUP_OR_LEAD = """
+local function exact(generation)
+  if not generation then return 0 end
+  if not string.find(generation, '^%d+$') then return nil end
+  local value = tonumber(generation)
+  if value < 9007199254740992 then return value end
+  return nil
+end
+local function written(entry)
+  local version = string.byte(entry, 4)
+  if #entry < 33 or string.sub(entry, 1, 3) ~= 'LCP' or (version ~= 1 and version ~= 2) then
+    return nil
+  end
+  local b1, b2, b3, b4, b5, b6, b7, b8 = string.byte(entry, 7, 14)
+  local high = ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+  return high * 4294967296 + ((b5 * 256 + b6) * 256 + b7) * 256 + b8
+end
+local found = redis.call('MGET', KEYS[1], KEYS[2])
+local entry = found[2]
+if entry then
+  local current, stored = exact(found[1]), written(entry)
+  if not current or not stored or stored == current then return {0, found[1], entry} end
+end
+if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, found[1]} end
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
+return {2, found[1]}
+"""
+_LOCKS = (FillLock.NOT_ASKED, FillLock.LED, FillLock.HELD)  # by LOOKUP_OR_LEAD's first item
 # KEYS: lock, wait flag, generation, entry. ARGV: token, lease ms. Lead: {1, generation, entry}
 # (what is stored now, read in the same step); or flag a waiter and follow: {0}.
 BEGIN_FILL = """
@@ -154,12 +201,14 @@ class RedisStore:
         self._timeout = timeout
         self._on_corrupt = on_corrupt
         self._notices = notices
+        self._lookup_or_lead = client.register_script(LOOKUP_OR_LEAD)
         self._begin_fill = client.register_script(BEGIN_FILL)
         self._end_fill = client.register_script(END_FILL)
         self._invalidate = client.register_script(INVALIDATE)
         self._declare_cut = client.register_script(DECLARE_CUT)
         self._read_cuts = client.register_script(READ_CUTS)
         self._reconnecting: asyncio.Task[None] | None = None
+        self._giving_back: set[asyncio.Task[None]] = set()
 
     def _failed(self, operation: str, exc: BaseException) -> StoreError:
         if isinstance(exc, ReadOnlyError) and isinstance(self._client, Redis):
@@ -174,6 +223,9 @@ class RedisStore:
             pool = client.connection_pool
             self._reconnecting = asyncio.get_running_loop().create_task(pool.disconnect())
 
+    def peek(self, key: EntryKey) -> Entry | None:
+        return None  # every answer is a round trip
+
     async def lookup(self, key: EntryKey) -> Lookup:
         redis_key = entry_redis_key(key)
         try:
@@ -184,6 +236,42 @@ class RedisStore:
         except REDIS_FAILURES as exc:
             raise self._failed("lookup", exc) from exc
         return self._found(generation_raw, data)
+
+    async def lookup_or_lead(self, key: EntryKey, token: str, lease: float) -> Claim:
+        keys = [
+            generation_redis_key(key.run_id),
+            entry_redis_key(key),
+            lock_redis_key(key),
+            wait_redis_key(key),
+        ]
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply: list[Any] = await self._lookup_or_lead(keys=keys, args=[token, _ms(lease)])
+        except ResponseError as exc:  # an error reply: the script took no lock (OOM, READONLY...)
+            raise self._failed("lookup", exc) from exc
+        except REDIS_FAILURES as exc:
+            self._give_back_later(key, token)
+            raise self._failed("lookup", exc) from exc
+        except asyncio.CancelledError:
+            self._give_back_later(key, token)
+            raise
+        lock = _LOCKS[reply[0]]
+        if lock is FillLock.NOT_ASKED:
+            return Claim(self._found(reply[1], reply[2]), lock)
+        return Claim(Lookup(None, _as_generation(reply[1])), lock)
+
+    def _give_back_later(self, key: EntryKey, token: str) -> None:
+        """A lookup that timed out, lost its connection or was cancelled may have run on Redis
+        all the same, taking the fill lock for a caller that will never know it holds it: give
+        it back in the background (compare-and-delete, so only if `token` holds it). If that
+        fails too, or reaches Redis before the script, the lock lives out its lease."""
+        task = asyncio.get_running_loop().create_task(self._give_back(key, token))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, key: EntryKey, token: str) -> None:
+        with contextlib.suppress(StoreError):
+            await self.end_fill(key, token, None)
 
     def _found(self, generation_raw: object, data: object, *, count_corrupt: bool = True) -> Lookup:
         generation = _as_generation(generation_raw)
@@ -320,6 +408,8 @@ class RedisStore:
             raise self._failed(operation, exc) from exc
 
     async def close(self) -> None:
+        if self._giving_back:  # each bounded by the timeout: a lock given back beats a lease
+            await asyncio.gather(*self._giving_back, return_exceptions=True)
         if self._reconnecting is not None:
             self._reconnecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, *REDIS_FAILURES):

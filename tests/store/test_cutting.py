@@ -83,3 +83,17 @@ async def test_what_the_store_folded_reads_back_as_expired() -> None:
     await listener.catch_up()
 
     assert (await cutting.lookup(WRITER)).entry is None
+
+
+async def test_a_peeked_entry_is_cut_as_a_looked_up_one() -> None:
+    _, cutting, listener, _ = await parts()
+    before = cutting.peek(WRITER)
+
+    listener.heard("writer", NOW - 1)
+    after_cut = cutting.peek(WRITER)
+    listener.lost()
+    out_of_step = cutting.peek(WRITER)
+
+    assert before is not None
+    assert after_cut is None
+    assert out_of_step is None

@@ -48,3 +48,22 @@ async def test_evicting_live_generations_starts_a_new_epoch() -> None:
                                 before.generation))  # fmt: skip
 
     assert (await store.lookup(key)).entry is None
+
+
+async def test_peek_answers_a_live_entry_without_an_await_and_nothing_else() -> None:
+    now = [100.0]
+    store = MemoryStore(max_entries=10, clock=lambda: now[0])
+    await store.save(EntryKey(RUN, "a"), entry(b"a"))
+    await store.save(EntryKey(RUN + "-other", "b"), entry(b"b"))
+
+    live = store.peek(EntryKey(RUN, "a"))
+    absent = store.peek(EntryKey(RUN, "z"))
+    await store.invalidate_run(RUN, keep_for=60)
+    invalidated = store.peek(EntryKey(RUN, "a"))
+    now[0] = 160.0
+    expired = store.peek(EntryKey(RUN + "-other", "b"))
+
+    assert live == entry(b"a")
+    assert absent is None
+    assert invalidated is None
+    assert expired is None
