@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     workers: Annotated[int, Field(ge=1)] = 1
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["json", "console"] = "json"
+    # the in-process tier in front of Redis (proxy/store/near.py); without Redis there is none:
+    # the embedded store is in-process already
+    near_cache: bool = True
+    near_max_bytes: Annotated[int, Field(ge=0)] = 33_554_432
+    near_ttl: PositiveSeconds = 3
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

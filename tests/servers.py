@@ -236,6 +236,17 @@ class RedisServer:
         return redis.Redis(port=self.port, host="127.0.0.1", socket_timeout=2)
 
     @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the server's process (SIGSTOP) for the block: its sockets stay open and silent,
+        as across a partition, then it goes on (SIGCONT)."""
+        assert self._process is not None, "not started"
+        os.kill(self._process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self._process.pid, signal.SIGCONT)
+
+    @contextlib.contextmanager
     def down(self) -> Iterator[None]:
         """Stop the server for the duration of the block, then start it again."""
         self.stop()

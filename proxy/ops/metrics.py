@@ -10,6 +10,8 @@ from proxy.core.model import Reason
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 CACHE_RESULTS = ("hit", "negative_hit", "miss", "stale", "bypass")
+NEAR_RESULTS = ("hit", "miss", "unconfirmed", "bypass")
+NEAR_DROPS = ("invalidated", "reset", "changed")
 
 
 class Metrics:
@@ -22,6 +24,7 @@ class Metrics:
         self._store_family(registry)
         self._fill_family(registry)
         self._invalidation_family(registry)
+        self._near_family(registry)
         Info("lunary_proxy_build", "Build information.", registry=registry).info(
             {"version": __version__}
         )
@@ -135,6 +138,47 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+
+    def _near_family(self, registry: CollectorRegistry) -> None:
+        """The in-process tier in front of Redis (proxy/store/near.py)."""
+        self._near_lookups = Counter(
+            "lunary_proxy_near_lookups",
+            "Lookups in the in-process tier, by result: hit (answered without Redis), miss, "
+            "unconfirmed (held, but past PROXY_NEAR_TTL: asked Redis), bypass (the tier was not "
+            "trusted: its invalidation listener was away or silent).",
+            ["result"],
+            registry=registry,
+        )
+        self._near_evictions = Counter(
+            "lunary_proxy_near_evictions",
+            "Entries the in-process tier evicted to stay under PROXY_NEAR_MAX_BYTES.",
+            registry=registry,
+        )
+        self._near_drops = Counter(
+            "lunary_proxy_near_invalidations",
+            "Entries the in-process tier dropped, by cause: invalidated (a write or purge on any "
+            "replica), reset (the invalidation listener was lost or came back), changed (Redis "
+            "no longer held the same entry when asked).",
+            ["cause"],
+            registry=registry,
+        )
+        self._near_bytes = Gauge(
+            "lunary_proxy_near_bytes",
+            "Bytes the in-process tier accounts for (bodies and per-entry overhead).",
+            registry=registry,
+        )
+        self._near_entries = Gauge(
+            "lunary_proxy_near_entries", "Entries in the in-process tier.", registry=registry
+        )
+        self.near_lookup = {result: self._near_lookups.labels(result) for result in NEAR_RESULTS}
+        self.near_dropped = {cause: self._near_drops.labels(cause) for cause in NEAR_DROPS}
+
+    def near_size(self, entries: int, size: int) -> None:
+        self._near_entries.set(entries)
+        self._near_bytes.set(size)
+
+    def near_evicted(self, count: int = 1) -> None:
+        self._near_evictions.inc(count)
 
     def request(self, route: str, cache: str) -> None:
         child = self._request_children.get((route, cache))

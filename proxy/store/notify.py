@@ -13,15 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.client import PubSub
 
 from proxy.store.connection import close_client
 
 log = logging.getLogger("proxy.store")
 
 RECONNECT_DELAYS = (0.1, 0.25, 0.5, 1.0)
+# The listener pings Redis this often on its subscribed connection, and counts as dead after
+# this long without hearing anything (a message or a pong): a partition or a stopped server
+# closes no socket, and whatever trusts the announcements (the in-process tier) must know.
+HEARTBEAT_EVERY = 0.25
+SILENT_AFTER = 1.0
+
+
+class ListenerSilent(Exception):
+    """Nothing heard on the subscribed connection within SILENT_AFTER, pings included."""
 
 
 class FillNotices:
@@ -42,6 +53,8 @@ class FillNotices:
         # (re)subscribed, and lost: cuts announced while this listener was away are read back
         self.on_subscribed: Callable[[], object] = lambda: None
         self.on_lost: Callable[[], None] = lambda: None
+        # heard from (a message or a pong): alive until the given monotonic time
+        self.on_alive: Callable[[float], None] = lambda until: None
 
     @contextlib.contextmanager
     def watch(self, redis_key: str) -> Iterator[asyncio.Future[None]]:
@@ -68,14 +81,13 @@ class FillNotices:
                     await self._client.initialize()  # its pub/sub needs the slot map first
                 await pubsub.subscribe(self._channel, self._invalidated_channel)
                 self.subscribed.set()
+                self.on_alive(time.monotonic() + SILENT_AFTER)
                 self.on_subscribed()
                 attempt = 0
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        self._dispatch(message["channel"], message["data"])
+                await self._listen(pubsub)
             except Exception as exc:  # the listener must outlive any client error
                 self.subscribed.clear()
+                self.on_alive(0.0)
                 self.on_lost()
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 attempt += 1
@@ -85,6 +97,27 @@ class FillNotices:
                 self.subscribed.clear()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        """Dispatch messages, pinging every HEARTBEAT_EVERY; raise ListenerSilent when nothing
+        came back for SILENT_AFTER."""
+        heard = pinged = time.monotonic()
+        while True:
+            message = await pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=HEARTBEAT_EVERY
+            )
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                self.on_alive(now + SILENT_AFTER)
+                if message.get("type") == "message":
+                    self._dispatch(message["channel"], message["data"])
+            if now - heard > SILENT_AFTER:
+                raise ListenerSilent(f"nothing heard for {now - heard:.2f} s")
+            if now - pinged >= HEARTBEAT_EVERY:
+                pinged = now
+                async with asyncio.timeout(SILENT_AFTER):  # a peer that stopped reading
+                    await pubsub.ping()
 
     async def close(self) -> None:
         await close_client(self._client)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,7 +24,8 @@ from proxy.store.connection import connect
 from proxy.store.cutting import CutListener, CuttingStore
 from proxy.store.guard import GuardedStore
 from proxy.store.memory import MemoryStore
-from proxy.store.notify import FillNotices
+from proxy.store.near import NearStore, NearTier
+from proxy.store.notify import SILENT_AFTER, FillNotices
 from proxy.store.redis import FILLED_CHANNEL, INVALIDATED_CHANNEL, RedisStore
 from proxy.upstream import LunaryUpstream
 from proxy.web.admin import Admin
@@ -90,15 +92,16 @@ async def _assemble(
     bodies = BodyBuffer(s.max_request_bytes, s.request_buffer_bytes, s.request_spool_bytes)
     cooldowns = Cooldowns(store)
     cuts = Cuts(s.active_run_ttl)
-    cutting = CuttingStore(store, cuts)
+    near = _near_store(s, store, metrics, notices)
+    cutting = CuttingStore(near or store, cuts)
     reads = CachedReads(
         cutting, fills, hasher, _lifetimes(s), metrics, tasks, cooldowns, _coordination(s)
     )
     if notices is not None:  # writes through other replicas detach fills here too
-        notices.on_invalidated = reads.forget_run
-        _follow_cuts(notices, CutListener(store, cutting, cuts, reads.forget_all), tasks)
+        cut_listener = CutListener(store, cutting, cuts, reads.forget_all)
+        _listen(notices, reads, cut_listener, None if near is None else near.tier, tasks)
     invalidator = Invalidator(
-        store,
+        near or store,
         metrics,
         # a generation (or a cut) outlives every entry written before it, and every fill that
         # read the older state
@@ -162,15 +165,57 @@ def _coordination(s: Settings) -> Coordination:
     )
 
 
-def _follow_cuts(notices: FillNotices, listener: CutListener, tasks: TaskSet) -> None:
-    """Other replicas' cuts arrive as announcements; until the listener has subscribed and
-    read back the kept ones, nothing is answered from the store."""
-    listener.lost()
-    notices.on_cut = listener.heard
-    notices.on_lost = listener.lost
-    notices.on_subscribed = lambda: tasks.spawn(listener.catch_up(), "cuts")
+def _listen(
+    notices: FillNotices,
+    reads: CachedReads,
+    cuts: CutListener,
+    tier: NearTier | None,
+    tasks: TaskSet,
+) -> None:
+    """What the announcements drive: writes through other replicas detach fills here and drop
+    the run from the in-process tier; other replicas' cuts arrive too. Until the listener has
+    subscribed and read back the kept cuts, nothing is answered from the store; while it is
+    away or silent, nothing is answered from the tier, which is emptied when it goes and when
+    it is back (announcements may have been missed)."""
+
+    def invalidated(run_id: str) -> None:
+        reads.forget_run(run_id)
+        if tier is not None:
+            tier.drop_run(run_id)
+
+    def lost() -> None:
+        cuts.lost()
+        if tier is not None:
+            tier.reset()
+
+    def subscribed() -> None:
+        if tier is not None:
+            tier.reset()
+        tasks.spawn(cuts.catch_up(), "cuts")
+
+    def alive(until: float) -> None:
+        if tier is not None:
+            tier.live_until = until
+
+    cuts.lost()
+    notices.on_invalidated = invalidated
+    notices.on_cut = cuts.heard
+    notices.on_lost = lost
+    notices.on_subscribed = subscribed
+    notices.on_alive = alive
     if notices.subscribed.is_set():  # it subscribed while the store was being opened
-        notices.on_subscribed()
+        subscribed()
+        alive(time.monotonic() + SILENT_AFTER)
+
+
+def _near_store(
+    s: Settings, store: GuardedStore, metrics: Metrics, notices: FillNotices | None
+) -> NearStore | None:
+    """The in-process tier, when there is Redis to be in front of and a listener to keep it
+    coherent."""
+    if not s.near_cache or notices is None or s.near_max_bytes == 0:
+        return None
+    return NearStore(store, NearTier(s.near_max_bytes, s.near_ttl, metrics))
 
 
 def _open_notices(s: Settings) -> FillNotices | None:
