@@ -76,6 +76,17 @@ class Entry:
     fresh_for: float
     stale_for: float
     generation: int = 0
+    # the answer's own header lines (content type, validator), encoded once per entry rather
+    # than once per hit: an entry of the in-process tier answers many
+    head: tuple[tuple[bytes, bytes], ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        head: list[tuple[bytes, bytes]] = []
+        if self.content_type:
+            head.append((b"content-type", self.content_type.encode("latin-1")))
+        if self.status == 200:
+            head.append((b"etag", self.etag.encode("ascii")))
+        object.__setattr__(self, "head", tuple(head))  # frozen: set once, here
 
     @property
     def kept_for(self) -> float:

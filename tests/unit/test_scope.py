@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.core.scope import ANONYMOUS, ScopeHasher
+from proxy.core.scope import ANONYMOUS, REMEMBERED_SCOPES, ScopeHasher
 
 hasher = ScopeHasher(b"secret-one")
 header_value = st.one_of(st.none(), st.binary(max_size=64))
@@ -56,3 +56,20 @@ def test_two_different_credential_pairs_never_share_a_scope(
 ) -> None:
     if (auth_a, key_a) != (auth_b, key_b):
         assert hasher.scope(auth_a, key_a) != hasher.scope(auth_b, key_b)
+
+
+def test_remembered_scopes_are_the_digests_and_stay_right_past_the_bound() -> None:
+    remembering, fresh = ScopeHasher(b"secret"), ScopeHasher(b"secret")
+    pairs: list[tuple[bytes | None, bytes | None]]
+    pairs = [(b"Bearer %d" % n, None) for n in range(REMEMBERED_SCOPES + 10)]
+    pairs += [(None, b"key"), (b"key", None), (b"", b"key")]
+
+    first = [remembering.scope(*pair) for pair in pairs]
+    again = [remembering.scope(*pair) for pair in reversed(pairs)][::-1]
+
+    assert first == again
+    assert all(
+        first[n] == ScopeHasher(b"secret").scope(*pair) for n, pair in enumerate(pairs[-20:], -20)
+    )
+    assert fresh.scope(*pairs[-1]) == first[-1]
+    assert len(set(first)) == len(pairs)  # no two credential pairs share a scope
