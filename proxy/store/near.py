@@ -36,7 +36,7 @@ from proxy.ops.metrics import Metrics
 T = TypeVar("T")
 # What one entry costs besides its body, content type and key: the Entry, its slot here, the
 # run index; measured by benchmarks/near_memory.py and rounded up.
-ENTRY_OVERHEAD = 1100
+ENTRY_OVERHEAD = 1400
 # One entry may take at most this share of the bound, so a few huge bodies cannot flush it.
 LARGEST_SHARE = 8
 # Invalidations remembered one by one for the tickets of lookups under way; a ticket older than

@@ -249,7 +249,12 @@ def store_description(s: Settings) -> str:
     if not s.redis_url:
         return f"in-memory (embedded, up to {s.memory_max_entries} entries, not shared)"
     kind = "redis cluster" if s.redis_cluster else "redis"
-    return f"{kind} at {redacted(s.redis_url)}"
+    near = (
+        f", in-process tier up to {s.near_max_bytes} bytes, confirmed every {s.near_ttl:g} s"
+        if s.near_cache and s.near_max_bytes
+        else ", no in-process tier"
+    )
+    return f"{kind} at {redacted(s.redis_url)}{near}"
 
 
 def redacted(url: str) -> str:

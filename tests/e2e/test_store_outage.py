@@ -102,7 +102,9 @@ def test_proxy_starts_while_redis_is_down(
     assert start_up < NO_STALL  # a refused connection is not waited out
     [warning] = [r for r in caplog.records if "at start-up" in r.getMessage()]
     assert warning.getMessage().startswith("the store does not answer at start-up")
-    assert warning.__dict__["store"] == f"redis at {redis_url}"
+    assert warning.__dict__["store"] == (
+        f"redis at {redis_url}, in-process tier up to 33554432 bytes, confirmed every 3 s"
+    )
     assert warning.__dict__["error"] == "connect failed: ConnectionError"
     assert not [r for r in caplog.records if "bypassing it" in r.getMessage()]  # said once
     # once it answers, caching starts by itself
