@@ -1,5 +1,8 @@
 """Hit path: the proxy (1 worker) against the Python floor and nginx proxy_cache, side by side.
 
+The proxy runs twice: with its in-process tier (the default with Redis) and without it
+(`nonear`: every hit asks Redis), so the tier's gain is measured in the same run.
+
 100 hot runs x 4 credentials, ~2 KB bodies, all warmed; wrk on loopback at 8 and 64 connections,
 several rounds with the systems taken in turns, so the machine's noise falls on all of them.
 Prints req/s, p50 and p99 (medians over rounds) and the ratios proxy/floor and proxy/nginx.
@@ -66,6 +69,25 @@ def server_pids(service: Service) -> list[int]:
     ]
 
 
+def ratios(
+    proxy_name: str,
+    connections: int,
+    results: dict[tuple[str, int], list[WrkResult]],
+    cpu: dict[tuple[str, int], list[float]],
+) -> str:
+    """A proxy's req/s and CPU per hit against the floor's and nginx's, per-round ratios."""
+    proxy_runs = results[proxy_name, connections]
+    floor_runs, nginx_runs = results["floor", connections], results["nginx", connections]
+    to_floor = median([p.rate / f.rate for p, f in zip(proxy_runs, floor_runs, strict=True)])
+    to_nginx = median([p.rate / n.rate for p, n in zip(proxy_runs, nginx_runs, strict=True)])
+    cpu_pairs = zip(cpu[proxy_name, connections], cpu["floor", connections], strict=True)
+    cpu_to_floor = median([p / f for p, f in cpu_pairs])
+    return (
+        f"{proxy_name}/floor {to_floor:.2f}, {proxy_name}/nginx {to_nginx:.2f} (median of "
+        f"per-round ratios); CPU per hit {proxy_name}/floor {cpu_to_floor:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
@@ -76,7 +98,7 @@ def main() -> None:
 
     targets = hit_targets(100, 4)
     lua = cycling_requests(targets)
-    origin_port, proxy_port, floor_port, nginx_port = free_ports(4)
+    origin_port, proxy_port, floor_port, nginx_port, redis_only_port = free_ports(5)
     with RedisServer() as redis:
         client = redis.client()
         for path, headers in targets:
@@ -86,6 +108,15 @@ def main() -> None:
             origin_service(origin_port) as origin,
             # every measured answer a fresh hit, however long the run
             shared_proxy(proxy_port, origin.url, redis.url, cache_ttl="3600") as proxy,
+            # the same proxy with its in-process tier off: every hit asks Redis
+            shared_proxy(
+                redis_only_port,
+                origin.url,
+                redis.url,
+                name="proxy-redis",
+                cache_ttl="3600",
+                near_cache="false",
+            ) as redis_only,
             python_service(
                 "floor",
                 "benchmarks.floor",
@@ -96,9 +127,9 @@ def main() -> None:
             ) as floor,
             nginx(nginx_port, origin_port, fresh="1h") as cache,
         ):
-            warm(proxy.url, targets)
-            warm(cache.url, targets)
-            services = {"proxy": proxy, "floor": floor, "nginx": cache}
+            for service in (proxy, proxy, redis_only, cache):  # twice: a fill is read back once
+                warm(service.url, targets)
+            services = {"proxy": proxy, "floor": floor, "nginx": cache, "nonear": redis_only}
             systems = {name: service.url for name, service in services.items()}
             for url in systems.values():  # one short unmeasured run each: JIT-free, but warm
                 wrk(url, lua, connections=8, seconds=2)
@@ -142,19 +173,8 @@ def main() -> None:
                 f"{per_request:>10.0f}"
             )
     for connections in args.connections:
-        proxy_runs, floor_runs, nginx_runs = (results[n, connections] for n in names)
-        to_floor = median([p.rate / f.rate for p, f in zip(proxy_runs, floor_runs, strict=True)])
-        to_nginx = median([p.rate / n.rate for p, n in zip(proxy_runs, nginx_runs, strict=True)])
-        cpu_to_floor = median(
-            [
-                p / f
-                for p, f in zip(cpu["proxy", connections], cpu["floor", connections], strict=True)
-            ]
-        )
-        print(
-            f"c={connections}: proxy/floor {to_floor:.2f}, proxy/nginx {to_nginx:.2f} "
-            f"(median of per-round ratios); CPU per hit proxy/floor {cpu_to_floor:.2f}"
-        )
+        for proxy_name in ("proxy", "nonear"):
+            print(f"c={connections}: " + ratios(proxy_name, connections, results, cpu))
     answers = {
         name: counters_after[name] - counters_before.get(name, 0.0) for name in counters_after
     }

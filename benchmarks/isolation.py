@@ -12,13 +12,21 @@ checked against what the origin would say to that credential: a body for another
 for a run the credential may not see, is a leak; any other mismatch (a 404 or `[]` for a visible
 run, a 401 for a good key) is a wrong answer. HEAD answers are checked by their ETag.
 
-Prints requests, checked responses, leaks, wrong answers, reads after an acknowledged write that
-saw an older version, answers by X-Cache and status, errors by class, duration, and the proxies'
-own counters. Exits 1 on any leak or wrong answer, 2 if the run did not exercise hits, misses,
-stale serving, coalesced waits and invalidations. Loopback only; bounded in requests and time;
-everything it starts is stopped by PID.
+Writes go through every proxy, so a read through one replica just after a write through another
+may still get the older version for a moment (the announcement has not arrived). A GET answered
+with a version older than a write whose acknowledgement the client had *before sending it* is a
+stale read, classed by how long after the first acknowledgement of a newer version it was sent:
+inside `--window-ms` (issue 16's 50 ms, allowed) or outside it (a failure). Reads sent before
+the acknowledgement arrived are never counted, whatever they return.
+
+Prints requests, checked responses, leaks, wrong answers, stale reads inside and outside the
+window (by X-Cache), answers by X-Cache and status, errors by class, duration, and the proxies'
+own counters. Exits 1 on any leak, wrong answer or stale read outside the window, 2 if the run
+did not exercise hits, misses, stale serving, coalesced waits and invalidations. Loopback only;
+bounded in requests and time; everything it starts is stopped by PID.
 
     python -m benchmarks.isolation [--requests 100000] [--proxies 2] [--concurrency 64]
+        [--window-ms 50]
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import itertools
 import random
 import sys
 import tempfile
@@ -259,6 +268,41 @@ class Workload:
 
 # -- checking ----------------------------------------------------------------------------------
 
+STALE_WINDOW = 0.05  # seconds: issue 16's bound on a replica answering a run after a write
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A write's answer carrying a new version, as the client got it."""
+
+    version: int
+    at: float  # monotonic, when the client had the answer
+    via: int  # index of the proxy the write went through
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What a read knew when it was sent. Only acknowledgements that had already arrived can
+    make its answer stale, so it keeps how many of its run's there were, not a clock bound:
+    the classification needs no clock comparison to exclude writes acknowledged later."""
+
+    at: float  # monotonic
+    wall: float  # time.time(), to place the read in a soak's timeline
+    acks: int  # len(Checker.acks[run]) at that moment
+    via: int  # index of the proxy the read went through
+
+
+@dataclass(frozen=True, slots=True)
+class StaleRead:
+    """A GET answered with a version older than a write acknowledged before it was sent."""
+
+    sent: Sent
+    since: float  # seconds from the first acknowledgement of a newer version to the send
+    ack: Ack  # that acknowledgement
+    got: int  # the version in the answer
+    x_cache: str
+    describe: str
+
 
 @dataclass
 class Tally:
@@ -273,7 +317,13 @@ class Tally:
     by_kind: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     error_times: list[tuple[float, str]] = field(default_factory=list)
-    older_than_write: Counter[str] = field(default_factory=Counter)  # by X-Cache
+    # GET answers older than a write acknowledged before the read was sent, by X-Cache: inside
+    # the window after that acknowledgement (allowed) or outside it (a failure)
+    stale_inside: Counter[str] = field(default_factory=Counter)
+    stale_outside: Counter[str] = field(default_factory=Counter)
+    stale_outside_reads: list[StaleRead] = field(default_factory=list)
+    writes_via: Counter[int] = field(default_factory=Counter)  # writes sent, by proxy index
+    acks_via: Counter[int] = field(default_factory=Counter)  # writes with a new version, by proxy
     examples: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)  # seconds, of answered requests
 
@@ -310,16 +360,27 @@ def readers_in(body: bytes) -> list[str]:
 
 
 class Checker:
-    """Judges each answer against the World, and tracks acknowledged write versions per run."""
+    """Judges each answer against the World, and tracks acknowledged write versions per run,
+    so a GET older than a write acknowledged before it was sent is told apart by how long after
+    that acknowledgement it was sent: inside `window` seconds, or outside."""
 
-    def __init__(self, world: World, body_bytes: int) -> None:
+    def __init__(self, world: World, body_bytes: int, window: float = STALE_WINDOW) -> None:
         self._world = world
         self._body_bytes = body_bytes
-        self.acknowledged: dict[str, int] = {}  # run -> highest version a write answer reported
+        self.window = window
+        self.acks: dict[str, list[Ack]] = {}  # run -> acknowledged writes, in order of arrival
         self.issued: Counter[str] = Counter()  # run -> writes sent (an upper bound on version)
         self._etags: dict[tuple[str, str, str, int], str] = {}
 
-    def read(self, op: Read, answer: Answer, floor: int, tally: Tally) -> None:
+    def acknowledge(self, run: str, version: int, via: int) -> None:
+        """A write's answer reported `version`: from now on, a read of an older one is stale."""
+        self.acks.setdefault(run, []).append(Ack(version, time.monotonic(), via))
+
+    def sent(self, run: str, via: int) -> Sent:
+        """Call right before a read of `run` is sent through proxy `via`."""
+        return Sent(time.monotonic(), time.time(), len(self.acks.get(run, ())), via)
+
+    def read(self, op: Read, answer: Answer, sent: Sent, tally: Tally) -> None:
         status = answer.status
         if status >= 500 or status in (429, 408):
             tally.error(f"read: {status // 100}xx {status}")
@@ -334,7 +395,7 @@ class Checker:
         elif verdict != expected.value:
             tally.flag("wrong", op, answer)
         elif op.method == "GET" and expected is Expect.DATA:
-            self._check_version(op, answer, floor, tally)
+            self._check_version(op, answer, sent, tally)
 
     def _get(self, op: Read, answer: Answer) -> str:
         """What the answer is: data/empty/not_found/unauthorized, or leak/wrong."""
@@ -393,11 +454,30 @@ class Checker:
             etag = self._etags[key] = make_etag(b"[" + body + b"]" if route == "related" else body)
         return etag
 
-    def _check_version(self, op: Read, answer: Answer, floor: int, tally: Tally) -> None:
+    def _check_version(self, op: Read, answer: Answer, sent: Sent, tally: Tally) -> None:
+        """Class a GET older than an acknowledged write by the time from the *first*
+        acknowledgement of a newer version to the send: a newer write acknowledged just before
+        must not hide an older one acknowledged long before."""
         document = orjson.loads(answer.body)
         row = document[0] if op.route == "related" else document
-        if row.get("version", 0) < floor:
-            tally.older_than_write[answer.headers.get("x-cache", "-")] += 1
+        got = row.get("version", 0)
+        known = itertools.islice(self.acks.get(op.run, ()), sent.acks)
+        ack = next((ack for ack in known if ack.version > got), None)
+        if ack is None:
+            return
+        since = sent.at - ack.at  # >= 0: the ack was taken before the read's Sent
+        x_cache = answer.headers.get("x-cache", "-")
+        if since <= self.window:
+            tally.stale_inside[x_cache] += 1
+            return
+        tally.stale_outside[x_cache] += 1
+        describe = (
+            f"{op.method} {op.path} ({op.credential.marker}) via proxy {sent.via}, sent "
+            f"{since * 1000:.1f} ms after version {ack.version} was acknowledged via proxy "
+            f"{ack.via}: got version {got}, x-cache={x_cache} "
+            f"cache-status={answer.headers.get('cache-status')} age={answer.headers.get('age')}"
+        )
+        tally.stale_outside_reads.append(StaleRead(sent, since, ack, got, x_cache, describe))
 
 
 # -- driving load ------------------------------------------------------------------------------
@@ -444,35 +524,38 @@ class Driver:
                         due = max(due + interval, time.monotonic())
                     self.tally.requests += 1
                     op = self.workload.next()
-                    connection = connections[self.rng.randrange(len(connections))]
-                    await self.execute(connection, op)
+                    # every op, writes too, through any proxy: each replica takes writes
+                    via = self.rng.randrange(len(connections))
+                    await self.execute(connections[via], op, via)
             finally:
                 for connection in connections:
                     connection.close()
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
-    async def execute(self, connection: HttpConnection, op: Op) -> None:
+    async def execute(self, connection: HttpConnection, op: Op, via: int) -> None:
+        """Send `op` through `connection` (to proxy number `via`) and check what comes back."""
         tally = self.tally
         if self.on_op is not None:
             self.on_op(time.time(), op)
         kind = type(op).__name__.lower()
         tally.by_kind[kind] += 1
-        floor = 0
         if isinstance(op, Read):
             headers = op.credential.headers
             if op.no_cache:
                 headers = {**headers, "Cache-Control": "no-cache"}
-            floor = self.checker.acknowledged.get(op.run, 0)
             method, path, body = op.method, op.path, None
         elif isinstance(op, Write):
             self.checker.issued[op.run] += 1
+            tally.writes_via[via] += 1
             headers = {**op.credential.headers, "Content-Type": "application/json"}
             method, path = "PATCH", f"/v1/runs/{op.run}/tags"
             body = orjson.dumps([f"isolation-{tally.requests}"])
         else:
             headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
             method, path, body = "DELETE", f"/admin/cache/runs/{op.run}", None
+        # taken last before sending, after every acknowledgement that arrived so far
+        sent = self.checker.sent(op.run, via)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
@@ -484,15 +567,14 @@ class Driver:
         tally.by_status[str(answer.status)] += 1
         tally.by_cache[answer.headers.get("x-cache", "-")] += 1
         if isinstance(op, Read):
-            self.checker.read(op, answer, floor, tally)
+            self.checker.read(op, answer, sent, tally)
             if self.on_read is not None:
                 self.on_read(time.time(), op, answer)
         elif answer.status != 200:
             tally.error(f"{kind}: {answer.status // 100}xx {answer.status}")
-        elif isinstance(op, Write):
-            version = int(answer.headers.get("x-origin-version", "0"))
-            if version > self.checker.acknowledged.get(op.run, 0):
-                self.checker.acknowledged[op.run] = version
+        elif isinstance(op, Write) and "x-origin-version" in answer.headers:
+            self.checker.acknowledge(op.run, int(answer.headers["x-origin-version"]), via)
+            tally.acks_via[via] += 1
 
 
 # -- reporting ---------------------------------------------------------------------------------
@@ -505,6 +587,7 @@ def counts(counter: Counter[str]) -> str:
 def tally_lines(
     tally: Tally,
     verdicts: Sequence[str],
+    window: float,
     *,
     before_cache: Sequence[str] = (),
     before_latency: Sequence[str] = (),
@@ -515,9 +598,12 @@ def tally_lines(
     return [
         f"checked responses     {tally.checked}",
         *verdicts,
-        f"reads begun after a write was acknowledged that got an older version (same "
-        f"credential, not a leak): {sum(tally.older_than_write.values())} "
-        f"(by X-Cache: {counts(tally.older_than_write)})",
+        "stale reads           GETs sent after a write was acknowledged that got an older "
+        "version (same credential, not a leak), by how long after the acknowledgement:",
+        f"  inside {window * 1000:g} ms        {sum(tally.stale_inside.values())} "
+        f"(by X-Cache: {counts(tally.stale_inside)})",
+        f"  outside (must be 0) {sum(tally.stale_outside.values())} "
+        f"(by X-Cache: {counts(tally.stale_outside)})",
         *before_cache,
         f"by X-Cache            {counts(tally.by_cache)}",
         f"by status             {counts(tally.by_status)}",
@@ -580,7 +666,7 @@ def log_problems(proxies: Sequence[Service]) -> list[str]:
 async def load(
     urls: list[str], world: World, args: argparse.Namespace, rng: random.Random
 ) -> tuple[Tally, float]:
-    checker = Checker(world, args.body_bytes)
+    checker = Checker(world, args.body_bytes, args.window_ms / 1000)
     tally = Tally()
     driver = Driver(urls, Workload(world, rng, Mix()), checker, tally, rng)
     started = time.monotonic()
@@ -616,9 +702,11 @@ def marker_system(
     latency: float,
     body_bytes: int,
     read_latency: float = 0.0,
-    **ttls: str,
+    **settings: str,
 ) -> Iterator[MarkerSystem]:
-    """Start them all on free loopback ports; stop them (by PID) in reverse order after."""
+    """Start them all on free loopback ports; stop them (by PID) in reverse order after.
+    `settings` are the proxies' PROXY_* settings without the prefix (TTLs, `near_cache`), on
+    top of PROXY_SETTINGS."""
     ports = free_ports(1 + proxies)
     with (
         RedisServer() as redis,
@@ -637,7 +725,9 @@ def marker_system(
             )
         )
         started = [
-            stack.enter_context(shared_proxy(port, origin.url, redis.url, **ttls, **PROXY_SETTINGS))
+            stack.enter_context(
+                shared_proxy(port, origin.url, redis.url, **{**PROXY_SETTINGS, **settings})
+            )
             for port in ports[1:]
         ]
         yield MarkerSystem(redis, origin, started)
@@ -655,6 +745,12 @@ def main() -> None:
     parser.add_argument("--body-bytes", type=int, default=2048)
     parser.add_argument("--max-seconds", type=float, default=900, help="stop issuing after this")
     parser.add_argument("--seed", type=int, default=20261101)
+    parser.add_argument(
+        "--window-ms",
+        type=float,
+        default=STALE_WINDOW * 1000,
+        help="a stale read sent within this long after the write's acknowledgement is allowed",
+    )
     args = parser.parse_args()
     if args.proxies < 2:
         parser.error("--proxies must be at least 2")
@@ -688,7 +784,8 @@ def main() -> None:
         f"errors                {counts(tally.errors)}",
         f"duration              {elapsed:.1f} s ({tally.requests / elapsed:.0f} requests/s)",
     ]
-    for line in tally_lines(tally, verdicts, before_latency=errors_and_duration):
+    window = args.window_ms / 1000
+    for line in tally_lines(tally, verdicts, window, before_latency=errors_and_duration):
         print(line)
     print(f"origin run reads      {fills} ({fills / max(tally.requests, 1):.3f} per request)")
     for line in metric_lines:
@@ -698,6 +795,8 @@ def main() -> None:
         print("  " + line)
     for example in tally.examples:
         print("  " + example)
+    for stale in tally.stale_outside_reads[:20]:
+        print("  stale: " + stale.describe)
     exercised = {
         "HIT": tally.by_cache["HIT"],
         "MISS": tally.by_cache["MISS"],
@@ -708,10 +807,13 @@ def main() -> None:
     if tally.leaks or tally.wrong:
         print("FAIL: answers reached the wrong credential or were wrong")
         sys.exit(1)
+    if tally.stale_outside:
+        print(f"FAIL: stale reads sent more than {args.window_ms:g} ms after the write")
+        sys.exit(1)
     if missing:
         print(f"FAIL: not exercised: {', '.join(missing)}")
         sys.exit(2)
-    print("OK: no leak, no wrong answer")
+    print("OK: no leak, no wrong answer, no stale read outside the window")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,30 @@
-"""Soak: steady mixed load on 4 proxy processes for 10 minutes while Redis and the upstream fail.
+"""Soak: steady mixed load on 4 proxy processes for 10 minutes while Redis, its pub/sub
+connections and the upstream fail.
 
 A short benchmark shows a path is fast; a soak shows it stays right and stays the same size. The
 proxies share one Redis in front of benchmarks/origin.py in marker mode (every body names the
-credential that read it), and take a steady, moderate load: a fixed request rate from a bounded
-set of clients, the isolation benchmark's mix of 50 credentials, GET/HEAD on both routes, some
-no-cache, writes and admin purges. Meanwhile Redis is killed and restarted every 2 minutes
-(empty afterwards), and the upstream answers 503 to everything for 10 s every 3 minutes (offset
-by half a period, so the two never coincide).
+credential that read it, and carries the run's write version), with their in-process tier on
+(`--near false` turns it off: PROXY_NEAR_CACHE), and take a steady, moderate load: a fixed
+request rate from a bounded set of clients, the isolation benchmark's mix of 50 credentials,
+GET/HEAD on both routes, some no-cache, writes and admin purges, each sent through any of the
+proxies, so every replica takes writes and reads of what others wrote. Meanwhile Redis is killed
+and restarted every 2 minutes (empty afterwards), the upstream answers 503 to everything for
+10 s every 3 minutes (offset by half a period, so the two never coincide), and every 45 s (from
+half a period in) `CLIENT KILL TYPE pubsub` cuts every proxy's invalidation listener, whose
+tier must then be bypassed until the listener is back, and emptied.
 
-Prints requests, client errors by class (split by whether they fell in an upstream-failure or a
-Redis-restart window, or in steady state), wrong bodies (leaks and wrong answers: must be 0),
-upstream calls per (key, scope, TTL window) as the origin saw them (coalescing and
-stale-while-revalidate mean ~1 per window for a stored answer, whatever the number of proxies),
-and each proxy's RSS after warm-up, along the way, and at the end. Exits 1 on any wrong body.
-Loopback only; bounded in time; everything it starts is stopped by PID.
+Prints requests, client errors by class (split by whether they fell in an upstream-failure, a
+Redis-restart or a listener-kill window, or in steady state), wrong bodies (leaks and wrong
+answers: must be 0), stale reads (GETs sent after a write was acknowledged that got an older
+version) inside issue 16's 50 ms window after the acknowledgement and outside it (must be 0),
+by X-Cache and by phase, writes per proxy, upstream calls per (key, scope, TTL window) as the
+origin saw them (coalescing and stale-while-revalidate mean ~1 per window for a stored answer,
+whatever the number of proxies), each proxy's in-process tier counters, and each proxy's RSS
+after warm-up, along the way, and at the end. Exits 1 on any wrong body or any stale read outside
+the window. Loopback only; bounded in time; everything it starts is stopped by PID.
 
     python -m benchmarks.soak [--seconds 600] [--proxies 4] [--rate 200] [--cache-ttl 10]
+        [--listener-every 45] [--near true|false] [--window-ms 50]
 """
 
 from __future__ import annotations
@@ -32,8 +41,9 @@ import httpx
 import orjson
 import uvloop
 
-from benchmarks.harness import require, rss_kib
+from benchmarks.harness import Service, metric_samples, require, rss_kib
 from benchmarks.isolation import (
+    STALE_WINDOW,
     Checker,
     Credential,
     Driver,
@@ -52,9 +62,17 @@ from benchmarks.isolation import (
 )
 from benchmarks.origin import Fill
 from benchmarks.rawhttp import Answer
+from tests.prometheus import total
 from tests.servers import RedisServer
 
 Key = tuple[str, str, str]  # run, route, reader marker: one (key, scope) of the proxy's cache
+# After its pub/sub connection is cut, a proxy's listener reconnects within a second (its
+# back-off starts at 0.1 s) and its heartbeat calls it dead after 1 s of silence: the span after
+# a kill that counts as the listener-kill phase.
+LISTENER_SPAN = 1.0
+PHASES = ("steady", "upstream failing", "redis restart", "listener kill")
+NEAR_RESULTS = ("hit", "miss", "unconfirmed", "bypass")
+NEAR_CAUSES = ("invalidated", "reset", "changed")
 
 
 @dataclass
@@ -66,6 +84,7 @@ class Timeline:
     world: World  # what Lunary would answer each read
     redis_down: list[tuple[float, float]] = field(default_factory=list)
     upstream_failing: list[tuple[float, float]] = field(default_factory=list)
+    listener_killed: list[tuple[float, float]] = field(default_factory=list)
     # TTL windows in which a run was written or purged, or a key read with no-cache
     touched_runs: set[tuple[str, int]] = field(default_factory=set)
     refreshed_keys: set[tuple[Key, int]] = field(default_factory=set)
@@ -93,6 +112,8 @@ class Timeline:
             return "upstream failing"
         if any(start <= at <= end + 1 for start, end in self.redis_down):
             return "redis restart"
+        if any(start <= at <= end + 1 for start, end in self.listener_killed):
+            return "listener kill"
         return "steady"
 
     def windows_of(self, spans: list[tuple[float, float]]) -> set[int]:
@@ -103,29 +124,58 @@ class Timeline:
         return windows
 
 
+def schedule(args: argparse.Namespace) -> list[tuple[int, str]]:
+    """(second, disturbance) pairs: Redis restarts from one period in, upstream failures and
+    listener kills from half a period in (so they fall between restarts); 0 turns kills off."""
+    events = [(at, "redis") for at in range(args.redis_every, args.seconds, args.redis_every)]
+    events += [(at, "fail") for at in range(args.fail_every // 2, args.seconds, args.fail_every)]
+    if args.listener_every:
+        first = args.listener_every // 2
+        events += [(at, "listener") for at in range(first, args.seconds, args.listener_every)]
+    return sorted(events)
+
+
+def kill_listeners(redis: RedisServer) -> int:
+    """Cut every pub/sub connection (each proxy's invalidation listener among them)."""
+    client = redis.client()
+    try:
+        return int(client.client_kill_filter(_type="pubsub"))
+    finally:
+        client.close()
+
+
+async def disturb(
+    what: str, redis: RedisServer, origin_url: str, timeline: Timeline, args: argparse.Namespace
+) -> str:
+    """Do one disturbance, record its span on the timeline, and say what was done."""
+    began = time.time()
+    if what == "redis":
+        await asyncio.to_thread(redis.stop)
+        await asyncio.sleep(args.redis_down)
+        await asyncio.to_thread(redis.start)
+        timeline.redis_down.append((began, time.time()))
+        return f"redis killed, restarted after {time.time() - began:.1f} s"
+    if what == "listener":
+        killed = await asyncio.to_thread(kill_listeners, redis)
+        timeline.listener_killed.append((began, time.time() + LISTENER_SPAN))
+        return f"pub/sub connections killed: {killed}"
+    url = f"{origin_url}/__fail?seconds={args.fail_for}"
+    await asyncio.to_thread(httpx.get, url, timeout=10)
+    timeline.upstream_failing.append((began, began + args.fail_for))
+    return f"upstream failing for {args.fail_for} s"
+
+
 async def chaos(
     redis: RedisServer, origin_url: str, timeline: Timeline, args: argparse.Namespace
 ) -> None:
     """Kill and restart Redis every `--redis-every` s; make the upstream fail every
-    `--fail-every` s (from half a period in) for `--fail-for` s; until the end of the load."""
-    events = [(at, "redis") for at in range(args.redis_every, args.seconds, args.redis_every)]
-    first_failure = args.fail_every // 2
-    events += [(at, "fail") for at in range(first_failure, args.seconds, args.fail_every)]
+    `--fail-every` s for `--fail-for` s; kill the pub/sub listeners every `--listener-every` s;
+    until the end of the load. One at a time: Redis is up whenever listeners are killed."""
     clock = time.monotonic() - (time.time() - timeline.started)
-    for offset, what in sorted(events):
+    for offset, what in schedule(args):
         await asyncio.sleep(max(0.0, clock + offset - time.monotonic()))
         began = time.time()
-        if what == "redis":
-            await asyncio.to_thread(redis.stop)
-            await asyncio.sleep(args.redis_down)
-            await asyncio.to_thread(redis.start)
-            timeline.redis_down.append((began, time.time()))
-            note = f"redis killed, restarted after {time.time() - began:.1f} s"
-        else:
-            url = f"{origin_url}/__fail?seconds={args.fail_for}"
-            await asyncio.to_thread(httpx.get, url, timeout=10)
-            timeline.upstream_failing.append((began, began + args.fail_for))
-            note = f"upstream failing for {args.fail_for} s"
+        note = await disturb(what, redis, origin_url, timeline, args)
         print(f"  t={began - timeline.started:5.0f} s  {note}", flush=True)
 
 
@@ -152,6 +202,7 @@ async def watch(memory: Memory, tally: Tally, timeline: Timeline, args: argparse
             rss = " ".join(f"{kib / 1024:.0f}" for kib in memory.samples[-1][1])
             print(f"  t={now - timeline.started:5.0f} s  requests {tally.requests}, errors "
                   f"{sum(tally.errors.values())}, wrong bodies {tally.leaks + tally.wrong}, "
+                  f"stale reads outside the window {sum(tally.stale_outside.values())}, "
                   f"proxy RSS MiB {rss}", flush=True)  # fmt: skip
         await asyncio.sleep(args.memory_every)
 
@@ -168,7 +219,7 @@ async def soak(
     tally = Tally()
     timeline = Timeline(started=time.time(), window=args.cache_ttl, world=world)
     mix = Mix(writes=0.005, purges=0.002, no_cache=0.02, hot=0.3)
-    checker = Checker(world, args.body_bytes)
+    checker = Checker(world, args.body_bytes, args.window_ms / 1000)
     workload = Workload(world, rng, mix)
     driver = Driver(urls, workload, checker, tally, rng, timeline.saw, timeline.answered)
     memory = Memory(pids)
@@ -264,10 +315,47 @@ def upstream_calls(fills: list[Fill], world: World, timeline: Timeline) -> list[
 
 def answer_lines(timeline: Timeline) -> list[str]:
     """Reads in each disturbance, by expected answer -> status and X-Cache."""
+    return [f"reads while {phase:>16}: {counts(timeline.answers[phase])}" for phase in PHASES[1:]]
+
+
+def stale_lines(tally: Tally, timeline: Timeline) -> list[str]:
+    """Stale reads outside the window by the phase they were sent in; and the writes each
+    proxy took, since every replica must take some for the count to mean anything."""
+    by_phase = Counter(timeline.phase(stale.sent.wall) for stale in tally.stale_outside_reads)
+    sent = ", ".join(f"{via} {n}" for via, n in sorted(tally.writes_via.items()))
+    acked = ", ".join(f"{via} {n}" for via, n in sorted(tally.acks_via.items()))
     return [
-        f"reads while {phase:>16}: {counts(timeline.answers[phase])}"
-        for phase in ("upstream failing", "redis restart")
+        f"  outside, by phase   {counts(by_phase)}",
+        f"writes per proxy      sent {sent or 'none'}; acknowledged with a new version "
+        f"{acked or 'none'}",
     ]
+
+
+def stale_examples(tally: Tally, timeline: Timeline) -> list[str]:
+    """The first stale reads outside the window, with when and in which phase they were sent."""
+    return [
+        f"stale t={stale.sent.wall - timeline.started:.2f} s "
+        f"({timeline.phase(stale.sent.wall)}): {stale.describe}"
+        for stale in tally.stale_outside_reads[:20]
+    ]
+
+
+def tier_lines(proxies: list[Service]) -> list[str]:
+    """Each proxy's in-process tier counters: how lookups were answered, why entries went."""
+    lines = ["in-process tier (lunary_proxy_near_lookups_total by result; "
+             "lunary_proxy_near_invalidations_total by cause):"]  # fmt: skip
+    for index, proxy in enumerate(proxies):
+        found = metric_samples(proxy.url)
+        lookups = ", ".join(
+            f"{result} {total(found, 'lunary_proxy_near_lookups_total', result=result):.0f}"
+            for result in NEAR_RESULTS
+        )
+        drops = ", ".join(
+            f"{cause} {total(found, 'lunary_proxy_near_invalidations_total', cause=cause):.0f}"
+            for cause in NEAR_CAUSES
+        )
+        lines.append(f"  proxy {index} (pid {proxy.pid}): lookups {lookups}; invalidations {drops}")
+    return lines
 
 
 def memory_lines(memory: Memory) -> tuple[list[str], bool]:
@@ -298,10 +386,7 @@ def error_lines(tally: Tally, timeline: Timeline) -> list[str]:
         by_phase[timeline.phase(at)][kind] += 1
     return [
         f"client errors         {sum(tally.errors.values())} ({counts(tally.errors)})",
-        *(
-            f"  {phase:>16}: {counts(by_phase[phase])}"
-            for phase in ("steady", "upstream failing", "redis restart")
-        ),
+        *(f"  {phase:>16}: {counts(by_phase[phase])}" for phase in PHASES),
     ]
 
 
@@ -331,6 +416,18 @@ def main() -> None:
     parser.add_argument("--redis-down", type=float, default=1.0, help="seconds Redis stays down")
     parser.add_argument("--fail-every", type=int, default=180)
     parser.add_argument("--fail-for", type=float, default=10)
+    parser.add_argument(
+        "--listener-every", type=int, default=45, help="seconds between pub/sub kills; 0: none"
+    )
+    parser.add_argument(
+        "--near", choices=("true", "false"), default="true", help="PROXY_NEAR_CACHE"
+    )
+    parser.add_argument(
+        "--window-ms",
+        type=float,
+        default=STALE_WINDOW * 1000,
+        help="a stale read sent within this long after the write's acknowledgement is allowed",
+    )
     parser.add_argument("--warmup", type=float, default=30, help="before the first RSS reading")
     parser.add_argument("--memory-every", type=float, default=15)
     parser.add_argument("--seed", type=int, default=20261102)
@@ -345,7 +442,10 @@ def main() -> None:
           f"{args.stale_ttl} s, 404s {args.cache_ttl} s; origin latency "
           f"{args.latency * 1000:.0f} ms; Redis killed every {args.redis_every} s (down "
           f"{args.redis_down:g} s), upstream 503 for {args.fail_for:g} s every "
-          f"{args.fail_every} s from t={args.fail_every // 2} s", flush=True)  # fmt: skip
+          f"{args.fail_every} s from t={args.fail_every // 2} s, pub/sub listeners killed "
+          f"every {args.listener_every} s from t={args.listener_every // 2} s; in-process "
+          f"tier {'on' if args.near == 'true' else 'off'}; stale window "
+          f"{args.window_ms:g} ms", flush=True)  # fmt: skip
     with marker_system(
         world,
         args.proxies,
@@ -354,6 +454,7 @@ def main() -> None:
         cache_ttl=str(args.cache_ttl),
         stale_ttl=str(args.stale_ttl),
         negative_ttl=str(args.cache_ttl),
+        near_cache=args.near,
     ) as system:
         proxies = system.proxies
         tally, timeline, memory, elapsed = uvloop.run(
@@ -367,6 +468,7 @@ def main() -> None:
             )
         )
         metric_lines, _ = proxy_report(proxies)
+        tier = tier_lines(proxies)
         problems = log_problems(proxies)
         fills = system.fills()
         alive = [p.process.poll() is None for p in proxies]
@@ -377,7 +479,9 @@ def main() -> None:
         f"wrong bodies          {tally.leaks + tally.wrong} "
         f"(leaks {tally.leaks}, wrong answers {tally.wrong})"
     )
-    for line in tally_lines(tally, [verdict], before_cache=error_lines(tally, timeline)):
+    window = args.window_ms / 1000
+    before_cache = stale_lines(tally, timeline) + error_lines(tally, timeline)
+    for line in tally_lines(tally, [verdict], window, before_cache=before_cache):
         print(line)
     print(f"origin run reads      {len(fills)}")
     for line in upstream_calls(fills, world, timeline) + answer_lines(timeline):
@@ -385,17 +489,20 @@ def main() -> None:
     lines, flat = memory_lines(memory)
     for line in lines:
         print(line)
-    for line in metric_lines:
+    for line in metric_lines + tier:
         print(line)
     print(f"proxies alive at the end: {sum(alive)}/{len(alive)}")
     print(f"proxy log warnings/errors: {len(problems)} ({log_summary(problems)})")
-    for example in tally.examples:
+    for example in tally.examples + stale_examples(tally, timeline):
         print("  " + example)
     print(f"memory {'flat' if flat else 'NOT FLAT'} (end/start <= 1.10 for every process)")
     if tally.leaks or tally.wrong:
         print("FAIL: wrong bodies")
         sys.exit(1)
-    print("OK: no wrong body")
+    if tally.stale_outside:
+        print(f"FAIL: stale reads sent more than {args.window_ms:g} ms after the write")
+        sys.exit(1)
+    print("OK: no wrong body, no stale read outside the window")
 
 
 if __name__ == "__main__":
