@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.e2e.test_invalidation import metric
@@ -38,10 +39,17 @@ def until(condition: Callable[[], bool], within: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("store", ["redis", "cluster"])
 def test_a_write_through_one_replica_stops_the_others_tier(
-    make_proxy: ProxyFactory, fake: FakeLunary, redis_url: str
+    make_proxy: ProxyFactory, fake: FakeLunary, request: pytest.FixtureRequest, store: str
 ) -> None:
-    writer, reader = make_proxy(redis_url=redis_url), make_proxy(redis_url=redis_url)
+    settings: dict[str, object] = {"redis_url": request.getfixturevalue("redis_url")}
+    if store == "cluster":
+        settings = {
+            "redis_url": request.getfixturevalue("redis_cluster_url"),
+            "redis_cluster": True,
+        }
+    writer, reader = make_proxy(**settings), make_proxy(**settings)
     key, run = fake.add_key(), fake.add_run()
     held(reader, run, key)
     drops = metric(reader, "lunary_proxy_near_invalidations_total", cause="invalidated")
