@@ -15,30 +15,26 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 
-from proxy.cache.ports import Claim, KeptCuts, Store, StoreError, WatchedStore
+from proxy.cache.ports import Claim, Store, StoreError, WatchedStore
 from proxy.core.cuts import Cuts
 from proxy.core.model import Entry, EntryKey, Lookup
+from proxy.store.forwarding import ForwardingStore
 
 log = logging.getLogger("proxy.store")
 READ_BACK_RETRY = 1.0  # seconds between tries to read the kept cuts while the store is away
 
 
-class CuttingStore:
+class CuttingStore(ForwardingStore):
     """A WatchedStore whose lookups see entries as the cuts in force leave them."""
 
     def __init__(
         self, inner: WatchedStore, cuts: Cuts, clock: Callable[[], float] = time.time
     ) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._cuts = cuts
         self._clock = clock
         self.in_step = True  # False while cuts of other replicas may have been missed
-
-    @property
-    def writes_refused(self) -> bool:
-        return self._inner.writes_refused
 
     def peek(self, key: EntryKey) -> Entry | None:
         entry = self._inner.peek(key)
@@ -63,39 +59,6 @@ class CuttingStore:
             return Lookup(None, found.generation)
         entry = self._cuts.apply(found.entry, key.scope, self._clock())
         return found if entry is found.entry else Lookup(entry, found.generation)
-
-    async def save(self, key: EntryKey, entry: Entry) -> None:
-        await self._inner.save(key, entry)
-
-    async def invalidate_run(self, run_id: str, keep_for: float) -> int:
-        return await self._inner.invalidate_run(run_id, keep_for)
-
-    async def declare_cut(self, scope: str, at: float, window: float, keep_for: float) -> None:
-        await self._inner.declare_cut(scope, at, window, keep_for)
-
-    async def read_cuts(self) -> KeptCuts:
-        return await self._inner.read_cuts()
-
-    async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
-        return await self._inner.begin_fill(key, token, lease)
-
-    async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
-        await self._inner.end_fill(key, token, entry)
-
-    def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
-        return self._inner.watch_fill(key)
-
-    async def cooldown_until(self, bucket: str) -> float:
-        return await self._inner.cooldown_until(bucket)
-
-    async def start_cooldown(self, bucket: str, until: float, ttl: float) -> None:
-        await self._inner.start_cooldown(bucket, until, ttl)
-
-    async def ping(self) -> None:
-        await self._inner.ping()
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 class CutListener:

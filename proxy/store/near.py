@@ -21,17 +21,16 @@ cuts (core/cuts.py) apply above this tier (store/cutting.py), as to any lookup.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from proxy.cache.ports import Claim, KeptCuts, StoreError, WatchedStore
+from proxy.cache.ports import Claim, StoreError, WatchedStore
 from proxy.core.model import Entry, EntryKey, Lookup
 from proxy.ops.metrics import Metrics
+from proxy.store.forwarding import ForwardingStore
 
 T = TypeVar("T")
 # What one entry costs besides its body, content type and key: the Entry, its slot here, the
@@ -198,16 +197,12 @@ class NearTier:
             self._metrics.near_evicted(evicted)
 
 
-class NearStore:
+class NearStore(ForwardingStore):
     """A WatchedStore answering from the tier when it may, and keeping what Redis answers."""
 
     def __init__(self, inner: WatchedStore, tier: NearTier) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self.tier = tier
-
-    @property
-    def writes_refused(self) -> bool:
-        return self._inner.writes_refused
 
     def peek(self, key: EntryKey) -> Entry | None:
         """The tier's answer, with no I/O: None when it has none it may give (ask `lookup`)."""
@@ -253,19 +248,11 @@ class NearStore:
             self.tier.drop_run(run_id)
 
     async def save(self, key: EntryKey, entry: Entry) -> None:
+        """A save replaces what the tier held under `key`, as a fill does."""
         try:
             await self._inner.save(key, entry)
         finally:
             self.tier.replaced(key)
-
-    async def declare_cut(self, scope: str, at: float, window: float, keep_for: float) -> None:
-        await self._inner.declare_cut(scope, at, window, keep_for)
-
-    async def read_cuts(self) -> KeptCuts:
-        return await self._inner.read_cuts()
-
-    async def begin_fill(self, key: EntryKey, token: str, lease: float) -> bool:
-        return await self._inner.begin_fill(key, token, lease)
 
     async def end_fill(self, key: EntryKey, token: str, entry: Entry | None) -> None:
         """A fill's entry replaces the one held here; it is read back by the next lookup."""
@@ -274,18 +261,3 @@ class NearStore:
         finally:
             if entry is not None:
                 self.tier.replaced(key)
-
-    def watch_fill(self, key: EntryKey) -> AbstractContextManager[asyncio.Future[None] | None]:
-        return self._inner.watch_fill(key)
-
-    async def cooldown_until(self, bucket: str) -> float:
-        return await self._inner.cooldown_until(bucket)
-
-    async def start_cooldown(self, bucket: str, until: float, ttl: float) -> None:
-        await self._inner.start_cooldown(bucket, until, ttl)
-
-    async def ping(self) -> None:
-        await self._inner.ping()
-
-    async def close(self) -> None:
-        await self._inner.close()
