@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from proxy.cache.ports import Claim, StoreError, WatchedStore
 from proxy.core.model import Entry, EntryKey, Lookup
@@ -41,6 +41,14 @@ LARGEST_SHARE = 8
 # Invalidations remembered one by one for the tickets of lookups under way; a ticket older than
 # the oldest remembered is refused (an answer is then simply not kept).
 REMEMBERED_DROPS = 4096
+
+
+class Ticket(NamedTuple):
+    """Taken when a lookup is sent: the invalidations heard so far, and the time (the entry's
+    near TTL runs from the moment Redis may have read it, not from when its answer came)."""
+
+    seq: int
+    at: float
 
 
 @dataclass(slots=True)
@@ -106,17 +114,17 @@ class NearTier:
         self._hit.inc()
         return kept.entry
 
-    def ticket(self) -> int:
+    def ticket(self) -> Ticket:
         """Taken before a lookup is sent; `keep` refuses its answer if the run was dropped
         since."""
-        return self._seq
+        return Ticket(self._seq, self._clock())
 
-    def keep(self, key: EntryKey, entry: Entry, ticket: int) -> None:
+    def keep(self, key: EntryKey, entry: Entry, ticket: Ticket) -> None:
         """Keep what Redis answered a lookup sent at `ticket`, if nothing made it doubtful."""
-        if ticket < self._floor or self._dropped.get(key.run_id, -1) > ticket:
+        seq = ticket.seq
+        if seq < self._floor or self._dropped.get(key.run_id, -1) > seq:
             return
-        now = self._clock()
-        if now >= self.live_until:
+        if self._clock() >= self.live_until:
             return
         size = len(entry.body) + len(entry.content_type) + len(key.name) + ENTRY_OVERHEAD
         # Redis keeps an entry kept_for seconds from its save, which came after stored_at
@@ -125,7 +133,8 @@ class NearTier:
             self.discard(key)
             return
         self._remove(key)
-        self._entries[key] = _Kept(entry, now + min(self._ttl, redis_left), size)
+        trusted_until = min(ticket.at + self._ttl, self._clock() + redis_left)
+        self._entries[key] = _Kept(entry, trusted_until, size)
         self._runs.setdefault(key.run_id, set()).add(key)
         self._bytes += size
         self._evict()
@@ -226,7 +235,7 @@ class NearStore(ForwardingStore):
             self.tier.discard(key)
             raise
 
-    def _kept(self, key: EntryKey, ticket: int, found: Lookup) -> Lookup:
+    def _kept(self, key: EntryKey, ticket: Ticket, found: Lookup) -> Lookup:
         if found.entry is None:
             self.tier.discard(key)
         else:

@@ -32,7 +32,7 @@ SILENT_AFTER = 1.0
 
 
 class ListenerSilent(Exception):
-    """Nothing heard on the subscribed connection within SILENT_AFTER, pings included."""
+    """A ping on the subscribed connection went unanswered for SILENT_AFTER."""
 
 
 class FillNotices:
@@ -80,6 +80,7 @@ class FillNotices:
                 if isinstance(self._client, RedisCluster):
                     await self._client.initialize()  # its pub/sub needs the slot map first
                 await pubsub.subscribe(self._channel, self._invalidated_channel)
+                await self._confirmed(pubsub)
                 self.subscribed.set()
                 self.on_alive(time.monotonic() + SILENT_AFTER)
                 self.on_subscribed()
@@ -98,24 +99,45 @@ class FillNotices:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _confirmed(self, pubsub: PubSub) -> None:
+        """Until Redis has confirmed both subscriptions (redis-py's subscribe returns once the
+        command is sent): an announcement made before that does not reach this listener, so
+        nothing may count on the announcements yet."""
+        waiting = {self._channel.encode(), self._invalidated_channel}
+        async with asyncio.timeout(SILENT_AFTER):
+            while waiting:
+                message = await pubsub.get_message(timeout=SILENT_AFTER)
+                if message is None:
+                    continue
+                if message.get("type") == "subscribe":
+                    channel = message["channel"]
+                    waiting.discard(channel if isinstance(channel, bytes) else channel.encode())
+                elif message.get("type") == "message":
+                    self._dispatch(message["channel"], message["data"])
+
     async def _listen(self, pubsub: PubSub) -> None:
-        """Dispatch messages, pinging every HEARTBEAT_EVERY; raise ListenerSilent when nothing
-        came back for SILENT_AFTER."""
-        heard = pinged = time.monotonic()
+        """Dispatch messages, pinging every HEARTBEAT_EVERY; raise ListenerSilent when a ping
+        has gone unanswered (nothing at all heard since it was sent) for SILENT_AFTER. Timed
+        from the ping, not from the last message, so a stalled event loop, whose answers are
+        waiting in the socket, is not taken for a dead listener."""
+        pinged = time.monotonic()
+        unanswered_since: float | None = None
         while True:
             message = await pubsub.get_message(
                 ignore_subscribe_messages=True, timeout=HEARTBEAT_EVERY
             )
             now = time.monotonic()
             if message is not None:
-                heard = now
+                unanswered_since = None
                 self.on_alive(now + SILENT_AFTER)
                 if message.get("type") == "message":
                     self._dispatch(message["channel"], message["data"])
-            if now - heard > SILENT_AFTER:
-                raise ListenerSilent(f"nothing heard for {now - heard:.2f} s")
+            elif unanswered_since is not None and now - unanswered_since > SILENT_AFTER:
+                raise ListenerSilent(f"a ping unanswered for {now - unanswered_since:.2f} s")
             if now - pinged >= HEARTBEAT_EVERY:
                 pinged = now
+                if unanswered_since is None:
+                    unanswered_since = now
                 async with asyncio.timeout(SILENT_AFTER):  # a peer that stopped reading
                     await pubsub.ping()
 

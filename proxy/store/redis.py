@@ -89,7 +89,11 @@ if entry then
   local current, stored = exact(found[1]), written(entry)
   if not current or not stored or stored == current then return {0, found[1], entry} end
 end
-if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, found[1]} end
+-- ours already: a retry of a call whose answer was lost on the way leads, as the call did
+if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[3]) == ARGV[1]
+then
+  return {1, found[1]}
+end
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
 return {2, found[1]}
 """
@@ -97,7 +101,8 @@ _LOCKS = (FillLock.NOT_ASKED, FillLock.LED, FillLock.HELD)  # by LOOKUP_OR_LEAD'
 # KEYS: lock, wait flag, generation, entry. ARGV: token, lease ms. Lead: {1, generation, entry}
 # (what is stored now, read in the same step); or flag a waiter and follow: {0}.
 BEGIN_FILL = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) or redis.call('GET', KEYS[1]) == ARGV[1]
+then
   return {1, redis.call('GET', KEYS[3]), redis.call('GET', KEYS[4])}
 end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])

@@ -96,6 +96,19 @@ async def test_a_stored_entry_comes_back_without_asking_for_the_lock(
     assert await store.begin_fill(KEY, "another", lease=5)  # nobody took it
 
 
+async def test_a_retried_call_whose_answer_was_lost_leads_as_the_call_did(store: Store) -> None:
+    """redis-py retries a call once when its connection fails: the script may have run, and the
+    retry then finds the lock under its own token, which is still its lead, not another's."""
+    first = await store.lookup_or_lead(KEY, "token", lease=5)
+    retried = await store.lookup_or_lead(KEY, "token", lease=5)
+    locked_again = await store.begin_fill(KEY, "token", lease=5)
+    another = await store.lookup_or_lead(KEY, "another", lease=5)
+
+    assert first.lock is retried.lock is FillLock.LED
+    assert locked_again
+    assert another.lock is (FillLock.LED if isinstance(store, MemoryStore) else FillLock.HELD)
+
+
 async def test_an_entry_of_an_older_generation_is_led(store: Store) -> None:
     await store.save(KEY, entry())
     await store.invalidate_run(RUN, keep_for=60)

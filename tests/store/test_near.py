@@ -365,3 +365,25 @@ async def test_a_fill_here_replaces_what_the_tier_held_and_lookups_under_way() -
     assert after.entry is not None
     assert after.entry.body == b'{"v": 2}'
     assert len(near.tier) == 1  # KEY read back; BOBS's answer, read before the fill, refused
+
+
+async def test_the_near_ttl_runs_from_when_the_lookup_was_sent() -> None:
+    """Redis may have read the entry as soon as the lookup reached it: a slow answer does not
+    buy the entry more time unconfirmed."""
+    inner, near, clock, _ = parts(ttl=3.0)
+    await inner.save(KEY, entry())
+    inner.gate = asyncio.Event()
+    looking = asyncio.create_task(read(near, KEY))
+    await inner.reached.wait()
+    clock.now += 2.0  # the answer is slow to come back
+    inner.gate.set()
+    await looking
+    inner.gate = None
+
+    clock.now += 0.9
+    within = near.peek(KEY)
+    clock.now += 0.1
+    past = near.peek(KEY)
+
+    assert within is not None
+    assert past is None
