@@ -34,28 +34,26 @@ class MemoryStore:
 
     def peek(self, key: EntryKey) -> Entry | None:
         """The memory store is in-process: a live entry is answered without an await."""
-        found = self._entries.get(key)
-        if found is None:
-            return None
-        now = self._clock()
-        expires_at, entry = found
-        if expires_at <= now or entry.generation != self._generation(key.run_id, now):
-            return None  # lookup drops it
-        self._entries.move_to_end(key)
-        return entry
+        return self._live(key, self._clock())[0]
 
     async def lookup(self, key: EntryKey) -> Lookup:
-        now = self._clock()
+        entry, generation = self._live(key, self._clock())
+        if entry is None:
+            self._drop(key)
+        return Lookup(entry, generation)
+
+    def _live(self, key: EntryKey, now: float) -> tuple[Entry | None, int]:
+        """The entry under `key` if neither expired nor of an older generation (made most
+        recently used), and the run's generation."""
         generation = self._generation(key.run_id, now)
         found = self._entries.get(key)
         if found is None:
-            return Lookup(None, generation)
+            return None, generation
         expires_at, entry = found
         if expires_at <= now or entry.generation != generation:
-            self._drop(key)
-            return Lookup(None, generation)
+            return None, generation
         self._entries.move_to_end(key)
-        return Lookup(entry, generation)
+        return entry, generation
 
     async def lookup_or_lead(self, key: EntryKey, token: str, lease: float) -> Claim:
         found = await self.lookup(key)
