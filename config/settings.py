@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -36,42 +37,93 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
-    upstream_url: str = "https://api.lunary.ai"
-    host: str = "0.0.0.0"  # noqa: S104 - a sidecar listens on the pod's interfaces
-    port: Annotated[int, Field(ge=1, le=65535)] = 8080
-    redis_url: str = ""
-    redis_cluster: bool = False
-    redis_timeout: PositiveSeconds = 0.25
-    cache_ttl: Seconds = 60
-    stale_ttl: Seconds = 600
-    active_run_ttl: Seconds = 2
-    negative_ttl: Seconds = 5
-    max_entry_bytes: Annotated[int, Field(ge=0)] = 1_048_576
-    max_request_bytes: Annotated[int, Field(ge=0)] = 20_971_520
+    upstream_url: str = Field(
+        default="https://api.lunary.ai",
+        description="Lunary API base URL (http or https; a path is kept)",
+    )
+    host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - a sidecar listens on the pod's interfaces
+        description="listen address",
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8080, description="listen port")
+    redis_url: str = Field(
+        default="",
+        description="shared store: redis://, rediss://, unix:// or redis+sentinel:// URL; "
+        "empty: in-memory store",
+    )
+    redis_cluster: bool = Field(default=False, description="talk to a Redis Cluster")
+    redis_timeout: PositiveSeconds = Field(default=0.25, description="seconds per store call")
+    cache_ttl: Seconds = Field(default=60, description="seconds a settled run stays fresh")
+    stale_ttl: Seconds = Field(default=600, description="seconds servable as stale after that")
+    active_run_ttl: Seconds = Field(
+        default=2, description="seconds fresh for runs still in progress"
+    )
+    negative_ttl: Seconds = Field(default=5, description="seconds a 404 is kept")
+    max_entry_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=1_048_576, description="larger bodies are passed on but not stored"
+    )
+    max_request_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=20_971_520, description="larger request bodies get 413"
+    )
     # passthrough bodies are read whole before going upstream (proxy/web/buffering.py): in memory
     # up to this many bytes each, then spooled to a temporary file
-    request_buffer_bytes: Annotated[int, Field(ge=0)] = 1_048_576
+    request_buffer_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=1_048_576, description="request bodies past this are spooled to a temporary file"
+    )
     # the bytes spooled at once by all requests together: past it a body gets 503
-    request_spool_bytes: Annotated[int, Field(ge=0)] = 536_870_912
-    memory_max_entries: Annotated[int, Field(ge=1)] = 10_000
-    scope_secret: SecretStr = SecretStr("")
-    admin_token: SecretStr = SecretStr("")
-    passthrough: bool = True
-    upstream_timeout: PositiveSeconds = 10
-    coalesce_timeout: PositiveSeconds | None = None
+    request_spool_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=536_870_912, description="bytes spooled by all requests at once; past it, 503"
+    )
+    memory_max_entries: Annotated[int, Field(ge=1)] = Field(
+        default=10_000, description="bound of the in-memory store (LRU)"
+    )
+    scope_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="HMAC key for scopes; empty: a random one, with a warning",
+    )
+    admin_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="bearer token for /admin (16+ characters); empty: admin off",
+    )
+    passthrough: bool = Field(default=True, description="forward non-cached paths and methods")
+    upstream_timeout: PositiveSeconds = Field(
+        default=10, description="seconds per upstream request"
+    )
+    coalesce_timeout: PositiveSeconds | None = Field(
+        default=None,
+        description="seconds a waiter waits for another's fetch; empty: the upstream timeout",
+    )
     # the passthrough pool; cache fills have their own, so neither can starve the other
-    upstream_max_connections: Annotated[int, Field(ge=1)] = 100
-    fill_max_connections: Annotated[int, Field(ge=1)] = 100
+    upstream_max_connections: Annotated[int, Field(ge=1)] = Field(
+        default=100, description="bound of the passthrough's upstream connection pool"
+    )
+    fill_max_connections: Annotated[int, Field(ge=1)] = Field(
+        default=100, description="bound of the cache fills' own upstream connection pool"
+    )
     # nginx's client_header_timeout, client_body_timeout and send_timeout (proxy/web/server.py)
-    client_timeout: PositiveSeconds = 60
-    workers: Annotated[int, Field(ge=1)] = 1
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    client_timeout: PositiveSeconds = Field(
+        default=60, description="seconds a slow client is given per step of its request or answer"
+    )
+    workers: Annotated[int, Field(ge=1)] = Field(default=1, description="uvicorn worker processes")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="info", description="least severe level logged"
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="json, console, or auto: console on a terminal, else json"
+    )
     # the in-process tier in front of Redis (proxy/store/near.py); without Redis there is none:
     # the embedded store is in-process already
-    near_cache: bool = True
-    near_max_bytes: Annotated[int, Field(ge=0)] = 33_554_432
-    near_ttl: PositiveSeconds = 3
+    near_cache: bool = Field(default=True, description="the in-process tier in front of Redis")
+    near_max_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=33_554_432, description="the in-process tier's bound; 0 turns it off"
+    )
+    near_ttl: PositiveSeconds = Field(
+        default=3, description="seconds an in-process entry is answered before Redis confirms it"
+    )
+    upstream_ca_file: str = Field(
+        default="",
+        description="PEM bundle of extra CAs trusted for the upstream, added to the system trust",
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -118,6 +170,24 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown scheme {scheme!r}; expected one of {allowed}")
         if scheme == "redis+sentinel":
             parse_sentinel_url(value)  # the one parser the store connects with: same errors
+        return value
+
+    @field_validator("upstream_ca_file")
+    @classmethod
+    def _check_upstream_ca_file(cls, value: str) -> str:
+        """Read as the upstream client will read it: a bad file stops start-up, rather than
+        turn every upstream request into a 502."""
+        if not value:
+            return value
+        trusted = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            trusted.load_verify_locations(cafile=value)
+        except ssl.SSLError:
+            raise ValueError(f"{value} is not a PEM file of certificates") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read {value}: {exc.strerror or exc}") from None
+        if not trusted.cert_store_stats()["x509"]:
+            raise ValueError(f"{value} holds no certificate")
         return value
 
     @property

@@ -1,16 +1,18 @@
-"""`lunary-cache-proxy` / `python -m proxy`: validate settings, then serve with uvicorn."""
+"""`lunary-cache-proxy` / `python -m proxy`: read the command line (proxy/cli.py) and the
+settings, then answer a command or serve with uvicorn."""
 
 from __future__ import annotations
 
 import logging
 import os
 import secrets
-import sys
+from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 
-from config import ConfigError, Settings, load_settings
+from config import Settings
+from proxy import cli
 from proxy.ops import logs
 from proxy.web.server import guarded_protocol
 
@@ -33,12 +35,19 @@ def server_options(settings: Settings) -> dict[str, Any]:
     return {**SERVER_OPTIONS, "http": guarded_protocol(settings.client_timeout)}
 
 
-def main() -> None:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(f"lunary-cache-proxy: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script: flags go into the environment before the settings are read from
+    it; a command answers and exits, else the proxy serves."""
+    command, args = cli.parse(argv)
+    cli.apply_overrides(args)
+    settings = cli.load_or_exit()
+    if command != "serve":
+        raise SystemExit(cli.run_command(command, settings))
+    serve(settings)
+
+
+def serve(settings: Settings) -> None:
+    """Run uvicorn until it is stopped: this process's app, or `workers` that build their own."""
     logs.configure(settings.log_level, settings.log_format)
     if settings.workers > 1 and not settings.scope_secret.get_secret_value():
         # workers build their own app: give them one generated secret so they share scopes

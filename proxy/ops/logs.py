@@ -1,4 +1,5 @@
-"""Logging set-up: JSON lines for machines (default) or plain lines for people."""
+"""Logging set-up: JSON lines for machines, plain lines for people; by default, whichever
+stderr is (a terminal or not)."""
 
 from __future__ import annotations
 
@@ -171,9 +172,21 @@ class _AfterAccessLines(logging.StreamHandler):  # type: ignore[type-arg]
         super().emit(record)
 
 
+def resolve_format(fmt: str) -> str:
+    """`auto` is `console` when stderr is a terminal (a person), else `json` (a collector)."""
+    if fmt != "auto":
+        return fmt
+    try:
+        return "console" if sys.stderr.isatty() else "json"
+    except (AttributeError, ValueError):  # no stderr, or a closed one: nobody is watching
+        return "json"
+
+
 def configure(level: str, fmt: str) -> None:
-    """Route every logger (uvicorn's included) to stderr in the chosen format."""
+    """Route every logger (uvicorn's included) to stderr in the chosen format (`json`,
+    `console`, or `auto`: see resolve_format)."""
     global _json_lines
+    fmt = resolve_format(fmt)
     handler = _AfterAccessLines(sys.stderr)
     if _json_lines is not None:
         _json_lines.flush()

@@ -1,20 +1,24 @@
-"""The console script: runs with no configuration; a bad setting stops it with one clear line."""
+"""The console script: runs with no configuration; a bad setting stops it with one clear line;
+its flags answer without serving, or override the environment."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
 import pytest
 
+from config import Settings
 from tests.fake_lunary import FakeLunary
-from tests.servers import ProxyProcess, ServerThread, free_port
+from tests.servers import ProxyProcess, RedisServer, ServerThread, free_port, make_tls_files
 
 
 def clean_env(**settings: str) -> dict[str, str]:
@@ -200,3 +204,285 @@ def test_uvicorns_own_command_line_serves_the_app_factory(tmp_path: Path) -> Non
     assert missing.status_code == 404
     assert missing.headers["content-type"].startswith("application/json")
     assert "lunary-cache-proxy ready" in stderr
+
+
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 30, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """`python -m proxy ARGS` with only `settings` as PROXY_* variables; it must end by itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        env=clean_env(**settings),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def check_lines(stdout: str) -> dict[str, str]:
+    """`--connect`'s check lines by name: {"redis": "ok", "upstream tls": "FAIL", ...}."""
+    found = {}
+    for line in stdout.splitlines():
+        outcome, _, rest = line.partition(" ")
+        if outcome in ("ok", "FAIL", "skip"):
+            name = rest.strip().split(" ")[0]
+            if name == "upstream":
+                name = " ".join(rest.split()[:2])
+            found[name] = outcome
+    return found
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--help"], "usage: lunary-cache-proxy"),
+        (["-h"], "PROXY_UPSTREAM_URL=https://api.lunary.ai"),
+        (["--version"], f"lunary-cache-proxy {version('lunary-cache-proxy')}\n"),
+        (["--check-config"], "configuration ok\n"),
+        (["--print-config"], "PROXY_HOST=127.0.0.1\n"),
+    ],
+)
+def test_answering_commands_exit_by_themselves_and_bind_nothing(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args],
+        env=clean_env(PROXY_PORT=str(port), PROXY_HOST="127.0.0.1"),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    listened = False
+    deadline = time.monotonic() + 10
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            listened = listened or listening(port)
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=10)
+
+    assert process.returncode == 0, stderr
+    assert not listened
+    assert expected in stdout
+    assert stderr == ""  # no log line either: nothing was started
+
+
+def test_help_lists_every_setting(tmp_path: Path) -> None:
+    stdout = run_cli("--help", cwd=tmp_path).stdout
+    for name, field in Settings.model_fields.items():
+        assert f"PROXY_{name.upper()}=" in stdout
+        assert str(field.description) in stdout
+
+
+def test_an_unknown_flag_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli("--bogus", cwd=tmp_path, timeout=10)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("usage: lunary-cache-proxy")
+    assert "unrecognized arguments: --bogus" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "settings", "variable"),
+    [
+        ([], {"PROXY_CACHE_TTL": "-1"}, "PROXY_CACHE_TTL"),
+        (["--connect"], {"PROXY_REDIS_URL": "memcached://127.0.0.1:1"}, "PROXY_REDIS_URL"),
+        (["--port", "99999"], {}, "PROXY_PORT"),
+        (["--upstream", "ftp://example.com"], {}, "PROXY_UPSTREAM_URL"),
+        (["--workers", "0"], {"PROXY_WORKERS": "2"}, "PROXY_WORKERS"),
+    ],
+)
+def test_check_config_exits_2_with_one_line_naming_the_variable(
+    tmp_path: Path, args: list[str], settings: dict[str, str], variable: str
+) -> None:
+    result = run_cli("--check-config", *args, cwd=tmp_path, timeout=10, **settings)
+
+    assert result.returncode == 2
+    assert result.stdout == ""  # no summary, no checks
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"lunary-cache-proxy: configuration error: {variable}: ")
+
+
+def test_check_config_connect_reaches_redis_and_the_upstream(
+    tmp_path: Path, redis_url: str, upstream: ServerThread
+) -> None:
+    result = run_cli(
+        "--check-config",
+        "--connect",
+        cwd=tmp_path,
+        PROXY_UPSTREAM_URL=upstream.url,
+        PROXY_REDIS_URL=redis_url,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("configuration ok\n")
+    assert check_lines(result.stdout) == {
+        "upstream resolve": "ok",
+        "upstream connect": "ok",
+        "upstream tls": "skip",  # an http:// upstream
+        "redis": "ok",
+    }
+    assert f"{redis_url} answered PING" in result.stdout
+
+
+def test_check_config_connect_fails_on_dead_ports_and_exits_1(tmp_path: Path) -> None:
+    dead_upstream, dead_redis = free_port(), free_port()
+    started = time.monotonic()
+    result = run_cli(
+        "--check-config",
+        "--connect",
+        cwd=tmp_path,
+        PROXY_UPSTREAM_URL=f"http://127.0.0.1:{dead_upstream}",
+        PROXY_REDIS_URL=f"redis://127.0.0.1:{dead_redis}/0",
+    )
+
+    assert result.returncode == 1
+    assert time.monotonic() - started < 15
+    assert check_lines(result.stdout) == {
+        "upstream resolve": "ok",
+        "upstream connect": "FAIL",
+        "upstream tls": "skip",
+        "redis": "FAIL",
+    }
+    assert f"FAIL upstream connect  127.0.0.1:{dead_upstream}: Connection refused" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_connect_fails_on_a_host_that_does_not_resolve(tmp_path: Path) -> None:
+    result = run_cli(
+        "--check-config", "--connect", "--upstream", "http://no-such-host.invalid", cwd=tmp_path
+    )
+
+    assert result.returncode == 1
+    assert check_lines(result.stdout) == {
+        "upstream resolve": "FAIL",
+        "upstream connect": "skip",
+        "upstream tls": "skip",
+        "redis": "skip",  # no PROXY_REDIS_URL: the in-memory store
+    }
+
+
+def test_a_redis_password_is_never_shown(
+    tmp_path: Path, redis_server: RedisServer, redis_url: str
+) -> None:
+    password, wrong = "s3cret-pw-0042", "wrong-pw-0043"
+    admin = redis_server.client()
+    admin.acl_setuser(
+        "cli-test", enabled=True, passwords=[f"+{password}"], keys=["*"], commands=["+@all"]
+    )
+    base = f"127.0.0.1:{redis_server.port}/0"
+    try:
+        printed = run_cli(
+            "--print-config", cwd=tmp_path, PROXY_REDIS_URL=f"redis://cli-test:{password}@{base}"
+        )
+        flagged = run_cli(
+            "--print-config",
+            "--redis-url",
+            f"redis://:{password}@{base}?password={password}",
+            cwd=tmp_path,
+        )
+        connected = run_cli(
+            "--check-config",
+            "--connect",
+            "--upstream",
+            f"http://127.0.0.1:{free_port()}",
+            cwd=tmp_path,
+            PROXY_REDIS_URL=f"redis://cli-test:{password}@{base}",
+        )
+        refused = run_cli(
+            "--check-config",
+            "--connect",
+            "--upstream",
+            f"http://127.0.0.1:{free_port()}",
+            cwd=tmp_path,
+            PROXY_REDIS_URL=f"redis://cli-test:{wrong}@{base}",
+        )
+    finally:
+        admin.acl_deluser("cli-test")
+
+    assert f"PROXY_REDIS_URL=redis://cli-test:***@{base}\n" in printed.stdout
+    assert f"PROXY_REDIS_URL=redis://:***@{base}?password=***\n" in flagged.stdout
+    assert check_lines(connected.stdout)["redis"] == "ok"
+    assert check_lines(refused.stdout)["redis"] == "FAIL"
+    assert "password" in refused.stdout  # the server's reason: a wrong user-password pair
+    for result in (printed, flagged, connected, refused):
+        assert password not in result.stdout + result.stderr
+        assert wrong not in result.stdout + result.stderr
+
+
+def test_check_config_connect_speaks_tls_to_redis(tmp_path: Path, tls_redis: RedisServer) -> None:
+    result = run_cli(
+        "--check-config", "--connect", "--upstream", f"http://127.0.0.1:{free_port()}",
+        cwd=tmp_path, PROXY_REDIS_URL=tls_redis.url,
+    )  # fmt: skip
+
+    assert check_lines(result.stdout)["redis"] == "ok", result.stdout
+    assert f"{tls_redis.url} answered PING" in result.stdout
+
+
+def test_check_config_connect_verifies_the_upstream_certificate(tmp_path: Path) -> None:
+    tls = make_tls_files(str(tmp_path))
+    with ServerThread(FakeLunary(), ssl_certfile=tls.cert, ssl_keyfile=tls.key) as upstream:
+        url = f"https://127.0.0.1:{upstream.port}"
+        untrusted = run_cli("--check-config", "--connect", "--upstream", url, cwd=tmp_path)
+        trusted = run_cli(
+            "--check-config", "--connect", "--upstream", url,
+            cwd=tmp_path, PROXY_UPSTREAM_CA_FILE=tls.ca,
+        )  # fmt: skip
+
+    assert untrusted.returncode == 1
+    assert check_lines(untrusted.stdout)["upstream tls"] == "FAIL"
+    assert "FAIL upstream tls      127.0.0.1: certificate verify failed: " in untrusted.stdout
+    assert trusted.returncode == 0, trusted.stdout
+    assert check_lines(trusted.stdout)["upstream tls"] == "ok"
+    assert "certificate verified for 127.0.0.1" in trusted.stdout
+
+
+def test_flags_override_the_environment_for_a_served_proxy(
+    tmp_path: Path, fake: FakeLunary, upstream: ServerThread
+) -> None:
+    """--port and --upstream beat PROXY_PORT and PROXY_UPSTREAM_URL, in every worker: uvicorn's
+    workers build their apps from the environment, where the flags were exported."""
+    key, run = fake.add_key(), fake.add_run()
+    env_port, flag_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "--port", str(flag_port), "--upstream", upstream.url,
+         "--workers", "2"],
+        env=clean_env(
+            PROXY_HOST="127.0.0.1",
+            PROXY_PORT=str(env_port),
+            PROXY_UPSTREAM_URL=f"http://127.0.0.1:{free_port()}",  # nothing there
+            PROXY_LOG_FORMAT="console",
+        ),
+        cwd=tmp_path,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        health = first_health(flag_port)
+        url = f"http://127.0.0.1:{flag_port}/v1/runs/{run}"
+        # new connections each: the kernel spreads them over both workers
+        answers = [httpx.get(url, headers={"X-API-Key": key}) for _ in range(6)]
+        env_port_listening = listening(env_port)
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+
+    assert health is not None
+    assert health.status_code == 200
+    assert not env_port_listening
+    assert [a.status_code for a in answers] == [200] * 6
+    assert "HIT" in [a.headers["x-cache"] for a in answers]
+    assert 1 <= fake.count(run) <= 2  # filled from the upstream the flag named, once a worker

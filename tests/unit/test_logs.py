@@ -1,10 +1,17 @@
-"""Log lines: the access line's fast JSON path matches the formatter's shape, and falls back."""
+"""Log lines: the access line's fast JSON path matches the formatter's shape, and falls back;
+`auto` picks plain lines for a terminal and JSON for anything else."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+import os
+import pty
+import select
+import sys
+from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
@@ -120,3 +127,83 @@ def test_a_buffered_line_is_written_before_any_other_log_line() -> None:
 
     assert stream.getvalue() == b'{"message":"request"}\n'
     assert orjson.loads(text.getvalue())["message"] == "later"
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """configure() rewires the root logger and the access-line path: put both back."""
+    root = logging.getLogger()
+    handlers, level, lines = root.handlers[:], root.level, logs._json_lines
+    yield
+    if logs._json_lines is not None:
+        logs._json_lines.flush()
+    root.handlers[:], logs._json_lines = handlers, lines
+    root.setLevel(level)
+
+
+@contextlib.contextmanager
+def stderr_on(kind: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], str]]:
+    """sys.stderr on a terminal (a pty) or a pipe; yields a reader of what was written."""
+    read_fd, write_fd = pty.openpty() if kind == "terminal" else os.pipe()
+    stream = os.fdopen(write_fd, "w", buffering=1)
+    monkeypatch.setattr(sys, "stderr", stream)
+
+    def written() -> str:
+        """All that is there: a pty hands written lines over in pieces, so read until a
+        quiet moment rather than once."""
+        stream.flush()
+        chunks = []
+        while select.select([read_fd], [], [], 0.2)[0]:
+            chunks.append(os.read(read_fd, 65536))
+        return b"".join(chunks).decode()
+
+    try:
+        yield written
+    finally:
+        monkeypatch.undo()
+        stream.close()
+        os.close(read_fd)
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("terminal", "console"), ("pipe", "json")])
+def test_auto_is_console_on_a_terminal_and_json_otherwise(
+    kind: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with stderr_on(kind, monkeypatch):
+        assert logs.resolve_format("auto") == expected
+        # a format that was set decides, whatever stderr is
+        assert logs.resolve_format("json") == "json"
+        assert logs.resolve_format("console") == "console"
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_auto_logs_plain_lines_to_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    with stderr_on("terminal", monkeypatch) as written:
+        logs.configure("info", "auto")
+        logging.getLogger("proxy").warning("store down", extra={"store": "redis"})
+        logs.info_line(logging.getLogger("proxy.access"), "request", {"status": 200})
+        text = written()
+
+    lines = text.splitlines()
+    assert len(lines) == 2, text
+    assert "WARNING proxy: store down store='redis'" in lines[0]
+    assert "INFO proxy.access: request status=200" in lines[1]
+    assert "{" not in text
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_auto_logs_json_lines_to_a_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    with stderr_on("pipe", monkeypatch) as written:
+        logs.configure("info", "auto")
+        logging.getLogger("proxy").warning("store down", extra={"store": "redis"})
+        logs.info_line(logging.getLogger("proxy.access"), "request", {"status": 200})
+        assert logs._json_lines is not None  # the access lines' fast path is on
+        logs._json_lines.flush()
+        text = written()
+
+    records = [orjson.loads(line) for line in text.splitlines()]
+    assert [(r["level"], r["message"]) for r in records] == [
+        ("warning", "store down"),
+        ("info", "request"),
+    ]
+    assert (records[0]["store"], records[1]["status"]) == ("redis", 200)

@@ -35,7 +35,7 @@ def test_defaults_follow_the_spec() -> None:
     assert s.upstream_max_connections == 100
     assert s.client_timeout == 60
     assert s.workers == 1
-    assert (s.log_level, s.log_format) == ("info", "json")
+    assert (s.log_level, s.log_format) == ("info", "auto")  # console on a terminal, else json
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
