@@ -130,7 +130,6 @@ class AiohttpUpstream:
                 allow_redirects=False,
                 compress=None,
                 proxy=self._proxy.url,
-                proxy_auth=self._proxy.auth,
             )
         except asyncio.CancelledError:
             if upload.cancelled_by_stall():  # the write timeout, and nobody else, cancelled

@@ -8,11 +8,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
@@ -28,14 +29,19 @@ def free_port() -> int:
 
 
 class ServerThread:
-    """An ASGI app served by uvicorn over real HTTP on a loopback port, in its own thread."""
+    """An ASGI app served by uvicorn over real HTTP on a loopback port, in its own thread.
 
-    def __init__(self, app: Any, **options: Any) -> None:
+    With `tls` (a TlsFiles), over HTTPS with its certificate; `handshakes` then records the
+    name each TLS client sent (SNI; None without one), one per connection made.
+    """
+
+    def __init__(self, app: Any, *, tls: TlsFiles | None = None, **options: Any) -> None:
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.handshakes: list[str | None] = []
         defaults: dict[str, Any] = {
             "log_config": None,
             "access_log": False,
@@ -43,9 +49,24 @@ class ServerThread:
             "proxy_headers": False,
             "timeout_graceful_shutdown": 2,
         }
+        if tls is not None:
+            defaults.update(
+                ssl_certfile=tls.cert, ssl_keyfile=tls.key, ssl_context_factory=self._recording
+            )
         config = uvicorn.Config(app, **{**defaults, **options})
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _recording(
+        self, config: uvicorn.Config, default: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        context = default()
+
+        def record(_: ssl.SSLObject, name: str | None, __: ssl.SSLContext) -> None:
+            self.handshakes.append(name)
+
+        context.sni_callback = record
+        return context
 
     def _run(self) -> None:
         asyncio.run(self.server.serve(sockets=[self._sock]))
@@ -344,18 +365,21 @@ class TlsFiles:
     key: str
 
 
-def make_tls_files(directory: str) -> TlsFiles:
-    """A throwaway CA and a server certificate for 127.0.0.1, made with the openssl CLI."""
+def make_tls_files(
+    directory: str, names: tuple[str, ...] = ("IP:127.0.0.1", "DNS:localhost")
+) -> TlsFiles:
+    """A throwaway CA and a server certificate for `names` (subjectAltName entries; the first
+    is also its common name), made with the openssl CLI."""
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
             "-subj", "/CN=lcp-test-ca", "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={names[0].split(':', 1)[1]}",
             "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
     with open(os.path.join(directory, "san.cnf"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        f.write(f"subjectAltName={','.join(names)}\n")
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
             "-CAcreateserial", "-days", "2", "-extfile", "san.cnf",
             "-out", "server.crt")  # fmt: skip

@@ -15,15 +15,19 @@ JSON_TYPE = b"application/json; charset=utf-8"
 
 @dataclass(frozen=True, slots=True)
 class ProxyErrorReply:
-    """A status and a JSON error body, plus any extra headers (Allow, Retry-After)."""
+    """A status and a JSON error body, plus any extra headers (Allow, Retry-After), and the
+    cause token (proxy/core/causes.py) when the failure has one."""
 
     status: int
     error: str
     message: str
     headers: tuple[Header, ...] = field(default=())
+    cause: str | None = None
 
     def body(self) -> bytes:
-        return orjson.dumps({"error": self.error, "message": self.message})
+        if self.cause is None:
+            return orjson.dumps({"error": self.error, "message": self.message})
+        return orjson.dumps({"error": self.error, "message": self.message, "cause": self.cause})
 
 
 def bad_path(message: str) -> ProxyErrorReply:
@@ -76,17 +80,24 @@ def reserved_path() -> ProxyErrorReply:
     )
 
 
-def upstream_unreachable() -> ProxyErrorReply:
-    return ProxyErrorReply(502, "upstream_unreachable", "The Lunary API could not be reached.")
+def upstream_unreachable(cause: str | None = None) -> ProxyErrorReply:
+    return ProxyErrorReply(
+        502, "upstream_unreachable", "The Lunary API could not be reached.", cause=cause
+    )
 
 
-def upstream_timeout() -> ProxyErrorReply:
-    return ProxyErrorReply(504, "upstream_timeout", "The Lunary API did not answer in time.")
+def upstream_timeout(cause: str | None = None) -> ProxyErrorReply:
+    return ProxyErrorReply(
+        504, "upstream_timeout", "The Lunary API did not answer in time.", cause=cause
+    )
 
 
 def upstream_failure(exc: UpstreamError) -> ProxyErrorReply:
-    """504 for a timeout, else 502: the one place upstream failures become answers."""
-    return upstream_timeout() if isinstance(exc, UpstreamTimeout) else upstream_unreachable()
+    """504 for a timeout, else 502: the one place upstream failures become answers. The body
+    names the cause; the failure's own words are in the proxy's log, not sent to clients."""
+    if isinstance(exc, UpstreamTimeout):
+        return upstream_timeout(exc.cause.value)
+    return upstream_unreachable(exc.cause.value)
 
 
 def request_too_large(limit: int) -> ProxyErrorReply:
@@ -116,8 +127,8 @@ def method_not_allowed(
     return ProxyErrorReply(405, "method_not_allowed", message, ((b"allow", allowed),))
 
 
-def not_ready(reason: str) -> ProxyErrorReply:
-    return ProxyErrorReply(503, "not_ready", reason)
+def not_ready(reason: str, cause: str | None = None) -> ProxyErrorReply:
+    return ProxyErrorReply(503, "not_ready", reason, cause=cause)
 
 
 def not_started() -> ProxyErrorReply:

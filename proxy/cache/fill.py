@@ -120,7 +120,7 @@ class Filler:
         try:
             fetched = await self._upstream.fetch(fill.request, self._lifetimes.max_entry_bytes)
         except UpstreamError as exc:
-            self._metrics.upstream("fill", exc.label, time.perf_counter() - started)
+            self._metrics.upstream("fill", exc.label, time.perf_counter() - started, exc.cause)
             raise
         self._metrics.upstream("fill", fetched.status, fetched.elapsed)
         if await self._cooldowns.learn(fetched.status, fetched.headers, fill.bucket, fill.now):

@@ -1,5 +1,6 @@
 """A fill's outcome as a request's reply (deliver): the leader relays, a waiter shares, stale
-beats an error."""
+beats an error. A failure to reach the upstream is explained by its cause (Cache-Status
+`detail=refused`, say); an error the upstream answered, by `detail=upstream-error`."""
 
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ def failed(exc: UpstreamError | RateLimited, plan: Plan) -> Reply:
             return replies.stale(*plan.stale, Reason.COOLDOWN)
         return replies.rate_limited(exc.remaining, plan.result)
     if plan.stale is not None:
-        return replies.stale(*plan.stale, Reason.UPSTREAM_ERROR)
-    return replies.failure(errors.upstream_failure(exc), plan.result, Reason.UPSTREAM_ERROR)
+        return replies.stale(*plan.stale, exc.cause)
+    return replies.failure(errors.upstream_failure(exc), plan.result, exc.cause)
 
 
 def _shared(filled: Filled) -> Entry | None:

@@ -9,12 +9,20 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from proxy.core.causes import StoreCause, UpstreamCause
 from proxy.core.headers import Header
 from proxy.core.model import Entry, EntryKey, Lookup
 
 
 class StoreError(Exception):
-    """The store failed or was too slow; callers degrade to the upstream."""
+    """The store failed or was too slow; callers degrade to the upstream.
+
+    `cause` and `detail` (the store's own words) are filled in by the guard (store/guard.py),
+    which sees every call, for the metric, the log and /readyz.
+    """
+
+    cause: StoreCause = StoreCause.OTHER
+    detail: str = ""
 
 
 class StoreRefused(StoreError):
@@ -150,9 +158,16 @@ class WatchedStore(Store, Protocol):
 
 
 class UpstreamError(Exception):
-    """The upstream could not answer; `label` names the failure in metrics."""
+    """The upstream could not answer; `label` names the failure in the upstream requests metric,
+    `cause` says why (proxy/core/causes.py) and `detail` in the failure's own words (never a
+    credential, a header value or a query)."""
 
     label = "unreachable"
+
+    def __init__(self, detail: str = "", cause: UpstreamCause = UpstreamCause.OTHER) -> None:
+        super().__init__(f"{cause}: {detail}" if detail else str(cause))
+        self.cause = cause
+        self.detail = detail
 
 
 class UpstreamUnreachable(UpstreamError):

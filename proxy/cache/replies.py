@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.cache import errors
 from proxy.cache.ports import FetchedResponse
+from proxy.core.causes import UpstreamCause
 from proxy.core.headers import Header, first_value, if_none_match_hits
 from proxy.core.model import CacheResult, Entry, Judgement, Reason
 from proxy.core.policy import cache_status, make_etag
@@ -26,6 +28,7 @@ class Reply:
     rest: AsyncGenerator[bytes, None] | None = None
     cache: str = ""
     upstream_status: int | None = None  # what the upstream answered this request, if it was asked
+    cause: UpstreamCause | None = None  # why the upstream could not be asked, if it failed
 
 
 # A hit's Cache-Status, as cache_status() spells it, with only the TTL left to fill in.
@@ -50,19 +53,30 @@ def hit(entry: Entry, judgement: Judgement) -> Reply:
 
 
 def stale(
-    entry: Entry, judgement: Judgement, reason: Reason, upstream_status: int | None = None
+    entry: Entry,
+    judgement: Judgement,
+    reason: Reason | UpstreamCause,
+    upstream_status: int | None = None,
 ) -> Reply:
-    """A stale entry served at once: while revalidating, or because the upstream failed."""
+    """A stale entry served at once: while revalidating, because the upstream answered an
+    error, or because it could not be asked (`reason` is then the failure's cause)."""
+    status_header, cause = _explained(
+        reason, fwd="stale", fwd_status=upstream_status, ttl=judgement.ttl
+    )
     headers = entry_headers(entry)
     headers += [
         (b"x-cache", b"STALE"),
         (b"age", b"%d" % judgement.age),
-        (
-            b"cache-status",
-            cache_status(fwd="stale", fwd_status=upstream_status, ttl=judgement.ttl, detail=reason),
-        ),
+        (b"cache-status", status_header),
     ]
-    return Reply(entry.status, headers, entry.body, cache="stale", upstream_status=upstream_status)
+    return Reply(
+        entry.status,
+        headers,
+        entry.body,
+        cache="stale",
+        upstream_status=upstream_status,
+        cause=cause,
+    )
 
 
 def relayed(fetched: FetchedResponse, result: CacheResult, status_header: bytes) -> Reply:
@@ -88,14 +102,28 @@ def entry_headers(entry: Entry) -> list[Header]:
     return list(entry.head)
 
 
-def failure(reply: errors.ProxyErrorReply, result: CacheResult, detail: Reason) -> Reply:
+def failure(
+    reply: errors.ProxyErrorReply, result: CacheResult, detail: Reason | UpstreamCause
+) -> Reply:
+    """An answer the proxy made itself; `detail` is an upstream failure's cause when it is one."""
+    status_header, cause = _explained(detail, fwd="miss")
     headers = [
         (b"content-type", errors.JSON_TYPE),
         *reply.headers,
         (b"x-cache", result.value.encode()),
-        (b"cache-status", cache_status(fwd="miss", detail=detail)),
+        (b"cache-status", status_header),
     ]
-    return Reply(reply.status, headers, reply.body(), cache=result.value.lower())
+    return Reply(reply.status, headers, reply.body(), cache=result.value.lower(), cause=cause)
+
+
+def _explained(
+    detail: Reason | UpstreamCause, **members: Any
+) -> tuple[bytes, UpstreamCause | None]:
+    """A Cache-Status member with `detail`, and the upstream failure's cause if it is one.
+    `detail` is cache_status's last parameter, and a cause an RFC 8941 token like a Reason."""
+    if isinstance(detail, UpstreamCause):
+        return cache_status(**members) + b"; detail=" + detail.value.encode("ascii"), detail
+    return cache_status(**members, detail=detail), None
 
 
 def rate_limited(remaining: float, result: CacheResult) -> Reply:
@@ -110,4 +138,11 @@ def not_modified_if_matching(reply: Reply, if_none_match: bytes) -> Reply:
     if etag is None or not if_none_match_hits(if_none_match, etag.decode("ascii")):
         return reply
     headers = [(n, v) for n, v in reply.headers if n != b"content-type"]
-    return Reply(304, headers, b"", cache=reply.cache, upstream_status=reply.upstream_status)
+    return Reply(
+        304,
+        headers,
+        b"",
+        cache=reply.cache,
+        upstream_status=reply.upstream_status,
+        cause=reply.cause,
+    )

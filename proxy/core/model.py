@@ -31,6 +31,8 @@ class Reason(StrEnum):
     CLIENT_NO_CACHE = "client-no-cache"
     STORE_UNAVAILABLE = "store-unavailable"
     STORE_REFUSED = "store-refused"  # Redis answered no to the write (e.g. out of memory)
+    # the upstream answered an error (a failure to get any answer is told by its cause instead,
+    # proxy/core/causes.py: `detail=refused`, `detail=read_timeout`...)
     UPSTREAM_ERROR = "upstream-error"
     REVALIDATING = "revalidating"
     COOLDOWN = "rate-limit-cooldown"

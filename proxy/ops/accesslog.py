@@ -32,6 +32,7 @@ class Access:
     cache: str = ""
     status: int = 0
     upstream_status: int | None = None
+    cause: str | None = None  # why the upstream could not answer (proxy/core/causes.py), if so
     started: float = field(default_factory=time.perf_counter)
 
     def emit(self) -> None:
@@ -48,6 +49,7 @@ class Access:
                 "cache": self.cache,
                 "status": self.status,
                 "upstream_status": self.upstream_status,
+                "cause": self.cause,
                 "duration_ms": round((time.perf_counter() - self.started) * 1000, 2),
             },
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from proxy import __version__
+from proxy.core.causes import StoreCause, UpstreamCause
 from proxy.core.model import Reason
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -60,12 +61,18 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self._upstream_errors = Counter(
+            "lunary_proxy_upstream_errors",
+            "Upstream requests that got no answer, by purpose and cause (proxy/core/causes.py).",
+            ["purpose", "cause"],
+            registry=registry,
+        )
 
     def _store_family(self, registry: CollectorRegistry) -> None:
         self._store_errors = Counter(
             "lunary_proxy_store_errors",
-            "Store calls that failed or timed out, by operation.",
-            ["operation"],
+            "Store calls that failed or timed out, by operation and cause (proxy/core/causes.py).",
+            ["operation", "cause"],
             registry=registry,
         )
         self._store_latency = Histogram(
@@ -184,13 +191,18 @@ class Metrics:
         child = self._request_children.get((route, cache))
         (child or self._requests.labels(route, cache)).inc()
 
-    def upstream(self, purpose: str, status: int | str, seconds: float) -> None:
+    def upstream(
+        self, purpose: str, status: int | str, seconds: float, cause: UpstreamCause | None = None
+    ) -> None:
+        """An upstream request's status (class) or error label; a failure's cause, if any."""
         label = f"{status // 100}xx" if isinstance(status, int) else status
         self._upstream.labels(purpose, label).inc()
         self._upstream_latency.labels(purpose).observe(seconds)
+        if cause is not None:
+            self._upstream_errors.labels(purpose, cause.value).inc()
 
-    def store_error(self, operation: str) -> None:
-        self._store_errors.labels(operation).inc()
+    def store_error(self, operation: str, cause: StoreCause = StoreCause.OTHER) -> None:
+        self._store_errors.labels(operation, cause.value).inc()
 
     def store_latency(self, operation: str, seconds: float) -> None:
         child = self._store_latency_children.get(operation)

@@ -38,6 +38,7 @@ from proxy.cache.ports import (
 )
 from proxy.core.model import Entry, EntryKey, Lookup
 from proxy.ops.metrics import Metrics
+from proxy.store.causes import classify
 
 T = TypeVar("T")
 log = logging.getLogger("proxy.store")
@@ -254,7 +255,8 @@ class GuardedStore:
         try:
             result = await call
         except StoreError as exc:
-            self._metrics.store_error(operation)
+            classify(exc)  # its cause, for the metric, the log, and /readyz
+            self._metrics.store_error(operation, exc.cause)
             if isinstance(exc, StoreRefused):  # the store is up: the breaker stays closed
                 self._refuse_writes(exc)
             elif not isinstance(exc, ForeignValue):  # (that is one key's trouble)
@@ -271,21 +273,25 @@ class GuardedStore:
     def _refuse_writes(self, exc: StoreRefused) -> None:
         if self._refusing_until is None:
             log.warning(
-                "store refuses writes: serving what it holds, storing nothing",
-                extra={"error": str(exc)},
+                f"store refuses writes: serving what it holds, storing nothing: {exc.cause}",
+                extra={"cause": exc.cause.value, "error": exc.detail or str(exc)},
             )
         self._refusing_until = self._clock() + self._refuse_writes_for
 
-    def failed_at_start(self) -> None:
+    def failed_at_start(self, exc: StoreError | None = None) -> None:
         """The store did not answer at start-up (the caller has said so): skip it from the first
         request on, as after any failure, rather than make that request wait for it again."""
-        self._metrics.store_error("connect")
+        cause = classify(exc).cause if exc is not None else StoreError.cause
+        self._metrics.store_error("connect", cause)
         self._open_until = self._clock() + self._open_for
         self._metrics.breaker_open(True)
 
     def _open_breaker(self, exc: StoreError) -> None:
         if self._open_until is None:
-            log.warning("store failed, bypassing it", extra={"error": str(exc)})
+            log.warning(
+                f"store failed, bypassing it: {exc.cause}",
+                extra={"cause": exc.cause.value, "error": exc.detail or str(exc)},
+            )
             self._metrics.breaker_open(True)
         self._open_until = self._clock() + self._open_for
 

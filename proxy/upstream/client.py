@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -23,13 +24,17 @@ import httpx
 from proxy.cache.ports import (
     FetchedResponse,
     StreamedResponse,
+    UpstreamError,
     UpstreamRequest,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from proxy.core.causes import UpstreamCause
 from proxy.core.headers import Header, end_to_end
+from proxy.ops.ratelimit_log import RateLimitedLog
+from proxy.upstream.failures import Exchange, Failure
 from proxy.upstream.session import EnvProxy, open_session
-from proxy.upstream.transport import SessionTransport
+from proxy.upstream.transport import EXCHANGE, SessionTransport
 
 # uvicorn writes its own Date and the proxy its own X-Request-ID: relaying would send two
 RESPONSE_DROP = frozenset({b"date", b"x-request-id"})
@@ -37,19 +42,32 @@ RESPONSE_DROP = frozenset({b"date", b"x-request-id"})
 # httpx logs every request at INFO (the proxy's default level): the access line already says
 # what went upstream, and a line per miss would cost the miss path what it saves
 logging.getLogger("httpx").setLevel(logging.WARNING)
+log = logging.getLogger("proxy.upstream")
+# a failure's cause is logged at most once per this many seconds, the next line counting the rest
+FAILURE_LOG_INTERVAL = 10.0
+CLOSED = Failure(UpstreamCause.CLOSED, "the upstream client is closed: the proxy is stopping")
+# fetch fills the cache; stream relays a passthrough request
+Purpose = Literal["fill", "passthrough"]
 
 
 class LunaryUpstream:
     """Talks to the Lunary API at `base_url`, forwarding the client's raw path and query."""
 
-    def __init__(self, base_url: str, timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float,
+        max_connections: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """`tls` verifies the upstream's certificate (tls.py; None: the system's trust)."""
         self._base = httpx.URL(base_url)
         self._prefix = urlsplit(base_url).path.rstrip("/").encode("ascii")
         self._timeout = timeout
         # connect, read, write (per chunk of the body) and the wait for a pooled connection
         self._timeouts = httpx.Timeout(timeout).as_dict()
         # each request brings its own aiohttp timeouts, from self._timeouts
-        session = functools.partial(open_session, max_connections, aiohttp.ClientTimeout())
+        session = functools.partial(open_session, max_connections, aiohttp.ClientTimeout(), tls)
         self._client = _Client(
             transport=SessionTransport(session, EnvProxy.for_upstream(base_url)),
             follow_redirects=False,
@@ -57,21 +75,25 @@ class LunaryUpstream:
         )
 
     async def fetch(self, request: UpstreamRequest, max_body: int) -> FetchedResponse:
-        """Bounded as a whole by the upstream timeout: a trickling body cannot hold a fill open."""
+        """Bounded as a whole by the upstream timeout: a trickling body cannot hold a fill open.
+        When that deadline cuts the request short, its cause is the phase it cut (failures.py)."""
+        exchange = Exchange()
         try:
             async with asyncio.timeout(self._timeout):
-                return await self._fetch(request, max_body)
+                return await self._fetch(request, max_body, exchange)
         except TimeoutError as exc:
-            raise UpstreamTimeout("total timeout") from exc
+            raise self._failed("fill", exchange.timed_out(self._timeout)) from exc
 
-    async def _fetch(self, request: UpstreamRequest, max_body: int) -> FetchedResponse:
+    async def _fetch(
+        self, request: UpstreamRequest, max_body: int, exchange: Exchange
+    ) -> FetchedResponse:
         started = time.perf_counter()
-        response = await self._send(request)
+        response = await self._send(request, exchange, "fill")
         parts: list[bytes] = []
         size = 0
         rest: _Rest | None = None  # past max_body: the unread remainder, for the caller
         try:
-            chunks = _mapped(response.aiter_raw())
+            chunks = _mapped(response.aiter_raw(), exchange, self._failed_as("fill"))
             async for chunk in chunks:
                 parts.append(chunk)
                 size += len(chunk)
@@ -93,18 +115,42 @@ class LunaryUpstream:
         )
 
     async def stream(self, request: UpstreamRequest) -> StreamedResponse:
-        response = await self._send(request)
+        exchange = Exchange()
+        response = await self._send(request, exchange, "passthrough")
         return StreamedResponse(
             status=response.status_code,
             headers=_response_headers(response),
-            chunks=_mapped(response.aiter_raw()),
+            chunks=_mapped(response.aiter_raw(), exchange, self._failed_as("passthrough")),
             closer=response.aclose,
         )
 
     async def close(self) -> None:
         await self._client.aclose()
+        self._failure_log.flush("upstream requests failed (lines held back, counted)")
 
-    async def _send(self, request: UpstreamRequest) -> httpx.Response:
+    @functools.cached_property
+    def _failure_log(self) -> RateLimitedLog:
+        """One line per cause per interval: an outage fails every request the same way."""
+        return RateLimitedLog(log, FAILURE_LOG_INTERVAL)
+
+    def _failed(self, purpose: Purpose, failure: Failure) -> UpstreamError:
+        """The UpstreamError a failure is (a timeout: 504, else 502), logged by its cause."""
+        host = f"{self._base.host}:{self._base.port or _DEFAULT_PORTS.get(self._base.scheme, '')}"
+        self._failure_log.warning(
+            failure.cause,
+            f"upstream request failed: {failure.cause} ({failure.detail})",
+            {"cause": failure.cause.value, "error": failure.detail, "upstream": host,
+             "purpose": purpose},
+        )  # fmt: skip
+        kind = UpstreamTimeout if failure.timeout else UpstreamUnreachable
+        return kind(failure.detail, failure.cause)
+
+    def _failed_as(self, purpose: Purpose) -> Callable[[Failure], UpstreamError]:
+        return functools.partial(self._failed, purpose)
+
+    async def _send(
+        self, request: UpstreamRequest, exchange: Exchange, purpose: Purpose
+    ) -> httpx.Response:
         target = self._prefix + request.raw_path
         if request.query_string:
             target += b"?" + request.query_string
@@ -116,16 +162,14 @@ class LunaryUpstream:
             headers=list(request.headers),
             content=request.body,
             # the request-target, sent as the client wrote it (httpx would re-quote some of it)
-            extensions={"target": target, "timeout": self._timeouts},
+            extensions={"target": target, "timeout": self._timeouts, EXCHANGE: exchange},
         )
         if self._client.is_closed:  # shutting down: a request that outlived the grace period
-            raise UpstreamUnreachable("the upstream client is closed")
+            raise self._failed(purpose, CLOSED)
         try:
             return await self._client.send(outgoing, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(type(exc).__name__) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnreachable(type(exc).__name__) from exc
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise self._failed(purpose, _failure(exc, exchange)) from exc
 
 
 class _Client(httpx.AsyncClient):
@@ -158,14 +202,26 @@ def _response_headers(response: httpx.Response) -> list[Header]:
     )
 
 
-async def _mapped(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _mapped(
+    chunks: AsyncIterator[bytes], exchange: Exchange, failed: Callable[[Failure], UpstreamError]
+) -> AsyncIterator[bytes]:
     try:
         async for chunk in chunks:
             yield chunk
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(type(exc).__name__) from exc
     except (httpx.TransportError, httpx.StreamError) as exc:
-        raise UpstreamUnreachable(type(exc).__name__) from exc
+        raise failed(_failure(exc, exchange)) from exc
+
+
+def _failure(exc: httpx.TransportError | httpx.StreamError, exchange: Exchange) -> Failure:
+    """What the transport noted on the exchange; else (an error of httpx's own) its name."""
+    if exchange.failure is not None:
+        return exchange.failure
+    if isinstance(exc, httpx.TimeoutException):
+        return exchange.timed_out()
+    return Failure(UpstreamCause.OTHER, type(exc).__name__)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class _Rest(AsyncGenerator[bytes, None]):

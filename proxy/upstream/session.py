@@ -1,9 +1,10 @@
-"""The aiohttp session under every upstream request: guarded connections, nothing added to
-what the proxy sends (no headers, cookies or credentials of aiohttp's own), and the proxy that
-the environment names for the upstream."""
+"""The aiohttp session under every upstream request: guarded connections, verified TLS, nothing
+added to what the proxy sends (no headers, cookies or credentials of aiohttp's own), and the
+proxy that the environment names for the upstream."""
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 
 import aiohttp
@@ -20,10 +21,15 @@ MAX_UPSTREAM_FIELD_BYTES = 16 * 1024
 
 @dataclass(frozen=True, slots=True)
 class EnvProxy:
-    """The forward proxy HTTP(S)_PROXY and NO_PROXY name for the upstream, or none."""
+    """The forward proxy HTTP(S)_PROXY and NO_PROXY name for the upstream, or none.
+
+    A login (from the variable's URL, or ~/.netrc for the proxy's host) stays in `url`: aiohttp
+    sends it to the proxy alone as Proxy-Authorization (on CONNECT, or on each plain-http
+    request through it): aiohttp deprecates its `proxy_auth`, and `proxy_headers` never
+    reaches a plain-http request.
+    """
 
     url: URL | None = None
-    auth: aiohttp.BasicAuth | None = None
 
     @classmethod
     def for_upstream(cls, base_url: str) -> EnvProxy:
@@ -34,14 +40,24 @@ class EnvProxy:
             url, auth = get_env_proxy_for_url(URL(base_url))
         except LookupError:
             return cls()
-        return cls(url, auth)
+        if auth is not None:
+            url = url.with_user(auth.login).with_password(auth.password)
+        return cls(url)
 
 
-def open_session(max_connections: int, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientSession:
-    """A session of at most `max_connections` connections; made inside the running loop
-    (aiohttp binds a session to its loop)."""
+def open_session(
+    max_connections: int, timeout: aiohttp.ClientTimeout, tls: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
+    """A session of at most `max_connections` connections, verifying TLS with `tls` (None:
+    aiohttp's own context, the system's trust); made inside the running loop (aiohttp binds a
+    session to its loop)."""
     return aiohttp.ClientSession(
-        connector=GuardedConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=60),
+        connector=GuardedConnector(
+            limit=max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=60,
+            ssl=True if tls is None else tls,  # never False: verification is not optional
+        ),
         timeout=timeout,
         auto_decompress=False,  # bodies are relayed as the upstream encoded them
         skip_auto_headers=NO_AUTO_HEADERS,

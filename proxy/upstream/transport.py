@@ -7,7 +7,8 @@ The stock `AiohttpTransport.handle_async_request` cannot carry a proxy's request
 becomes `a`); it hands aiohttp a mapping of headers, which joins repeated lines; and it maps a
 refused connection, a failed DNS lookup and a connection closed before the answer all to
 `httpx.ConnectTimeout` (an upstream that is down would be answered 504, not 502). This class
-keeps the rest of it (the session it is given, made on first use; closing it).
+keeps the rest of it (the session it is given, made on first use; closing it), and notes why a
+request failed on its Exchange (failures.py), for the client to report.
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ from httpx_aiohttp import AiohttpTransport
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.core.causes import UpstreamCause
+from proxy.upstream.failures import Exchange, Failure, Phase, failure_of, phase_trace
 from proxy.upstream.session import EnvProxy
 from proxy.upstream.upload import Upload, uploading
 
 CHUNK = 64 * 1024
 # handed to the stock constructor so that it builds no context of its own; never used
 _UNUSED_TLS = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+# the request extension carrying its Exchange (made here when the caller brings none)
+EXCHANGE = "lcp.exchange"
+STALLED = Failure(
+    UpstreamCause.WRITE_TIMEOUT, "the upstream stopped reading the request body", timeout=True
+)
 
 
 class SessionTransport(AiohttpTransport):
@@ -35,10 +43,12 @@ class SessionTransport(AiohttpTransport):
 
     Honours the `target` request extension as httpcore does (the request-target, sent as is)
     and every httpx timeout: connect, read, pool, and write, which aiohttp lacks (upload.py).
+    A failure is noted on the request's Exchange (the `lcp.exchange` extension) before the
+    httpx error is raised.
     """
 
     def __init__(self, session: Callable[[], aiohttp.ClientSession], proxy: EnvProxy) -> None:
-        # TLS is the session's (aiohttp's default context, CA paths read at the handshake).
+        # TLS is the session's (proxy/upstream/tls.py: the system's CAs and PROXY_UPSTREAM_CA_FILE).
         # The stock transport would build an httpx context it never uses: reading the CA
         # bundle for nothing, and failing start-up on a bad SSL_CERT_FILE.
         super().__init__(verify=_UNUSED_TLS, trust_env=False, client=session)
@@ -47,10 +57,14 @@ class SessionTransport(AiohttpTransport):
     def _session(self) -> aiohttp.ClientSession:
         if not isinstance(self.client, aiohttp.ClientSession):
             self.client = self.get_client()
+            # the session is made elsewhere (session.py); its trace list is public and read
+            # per request: the phases are what name a timeout (failures.py)
+            self.client.trace_configs.append(phase_trace())
         return self.client
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
+        exchange: Exchange = request.extensions.get(EXCHANGE) or Exchange()
         upload = Upload(asyncio.current_task(), timeout.get("write"))
         try:
             response = await self._session().request(
@@ -67,19 +81,21 @@ class SessionTransport(AiohttpTransport):
                     sock_read=timeout.get("read"),
                 ),
                 proxy=self._proxy.url,
-                proxy_auth=self._proxy.auth,
+                trace_request_ctx=exchange,
             )
         except asyncio.CancelledError:
             if upload.cancelled_by_stall():
-                raise httpx.WriteTimeout("the upstream stopped reading the body") from None
+                exchange.failure = STALLED
+                raise httpx.WriteTimeout(STALLED.detail) from None
             raise
         except (aiohttp.ClientError, OSError) as exc:  # (TimeoutError is an OSError)
-            raise _failure(exc, upload) from exc
+            raise _failure(exc, upload, exchange) from exc
         upload.response = response  # the body may still be going up while the answer comes
+        exchange.phase = Phase.BODY
         return httpx.Response(
             status_code=response.status,
             headers=response.raw_headers,
-            stream=_Body(response, upload),
+            stream=_Body(response, upload, exchange),
             request=request,
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": _reason(response)},
         )
@@ -89,16 +105,19 @@ class _Body(httpx.AsyncByteStream):
     """An answer's body as it arrives, a chunk at a time: aiohttp reads no further ahead than
     its buffer, so a slow reader holds the upstream back (back-pressure)."""
 
-    def __init__(self, response: aiohttp.ClientResponse, upload: Upload) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, upload: Upload, exchange: Exchange
+    ) -> None:
         self._response = response
         self._upload = upload
+        self._exchange = exchange
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._response.content.iter_chunked(CHUNK):
                 yield chunk
         except (aiohttp.ClientError, OSError) as exc:
-            raise _failure(exc, self._upload) from exc
+            raise _failure(exc, self._upload, self._exchange) from exc
 
     async def aclose(self) -> None:
         # a body read to its end has already given its connection back to the pool; one that
@@ -138,27 +157,33 @@ def _reason(response: aiohttp.ClientResponse) -> bytes:
     return (response.reason or "").encode("latin-1", "replace")
 
 
-def _failure(exc: aiohttp.ClientError | OSError, upload: Upload) -> Exception:
-    """What the caller is told: the body's own failure, the write timeout, or the httpx error
-    the aiohttp error is."""
+def _failure(exc: aiohttp.ClientError | OSError, upload: Upload, exchange: Exchange) -> Exception:
+    """What the caller is told: the body's own failure, or the httpx error the failure is (the
+    write timeout among them), noted on the exchange."""
     if upload.failure is not None:
         return upload.failure
-    if upload.stalled:
-        return httpx.WriteTimeout("the upstream stopped reading the body")
-    return _httpx_error(exc)
+    failure = STALLED if upload.stalled else failure_of(exc, exchange.phase)
+    exchange.failure = failure
+    return _httpx_error(failure)
 
 
-def _httpx_error(exc: aiohttp.ClientError | OSError) -> httpx.TransportError:
+def _httpx_error(failure: Failure) -> httpx.TransportError:
     """Only a timeout is a timeout: refused, unresolved and cut connections are not."""
-    message = str(exc) or type(exc).__name__
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # connecting, or waiting for the pool
-        return httpx.ConnectTimeout(message)
-    if isinstance(exc, TimeoutError):  # aiohttp's SocketTimeoutError: between reads
-        return httpx.ReadTimeout(message)
-    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, unreachable, TLS
-        return httpx.ConnectError(message)
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-        return httpx.RemoteProtocolError(message)  # closed before the answer, or within it
-    if isinstance(exc, aiohttp.ClientResponseError):  # an answer that is not HTTP/1.1
-        return httpx.RemoteProtocolError(message)
-    return httpx.ReadError(message)  # a reset, a write that failed
+    kind = _HTTPX_TIMEOUTS.get(failure.cause, httpx.ConnectTimeout) if failure.timeout else None
+    if kind is None:
+        kind = _HTTPX_ERRORS.get(failure.cause, httpx.ReadError)  # a reset, a write that failed
+    return kind(failure.detail)
+
+
+_HTTPX_TIMEOUTS: dict[UpstreamCause, type[httpx.TransportError]] = {
+    UpstreamCause.POOL_TIMEOUT: httpx.PoolTimeout,
+    UpstreamCause.WRITE_TIMEOUT: httpx.WriteTimeout,
+    UpstreamCause.READ_TIMEOUT: httpx.ReadTimeout,
+}  # connecting (and resolving) otherwise
+_HTTPX_ERRORS: dict[UpstreamCause, type[httpx.TransportError]] = {
+    UpstreamCause.DNS: httpx.ConnectError,
+    UpstreamCause.REFUSED: httpx.ConnectError,
+    UpstreamCause.TLS: httpx.ConnectError,
+    UpstreamCause.PROXY: httpx.ProxyError,
+    UpstreamCause.PROTOCOL: httpx.RemoteProtocolError,
+}

@@ -78,6 +78,7 @@ class CachedRunRead:
             )
         )
         access.cache, access.upstream_status = reply.cache, reply.upstream_status
+        access.cause = reply.cause
         if reply.rest is None:
             await send_whole(send, reply.status, reply.headers, reply.body, head=method == "HEAD")
         else:

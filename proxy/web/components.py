@@ -28,6 +28,7 @@ from proxy.store.near import NearStore, NearTier
 from proxy.store.notify import SILENT_AFTER, FillNotices
 from proxy.store.redis import FILLED_CHANNEL, INVALIDATED_CHANNEL, RedisStore
 from proxy.upstream import LunaryUpstream
+from proxy.upstream.tls import upstream_tls
 from proxy.web.admin import Admin
 from proxy.web.buffering import BodyBuffer
 from proxy.web.passthrough import Passthrough
@@ -84,10 +85,11 @@ async def _assemble(
     store = await _open_store(s, metrics, notices)
     opened.push_async_callback(store.close)
     # two pools: passthrough (slow answers, large bodies) can never take the connections
-    # cache fills need, nor fills the passthrough's
-    fills = LunaryUpstream(s.upstream_url, s.upstream_timeout, s.fill_max_connections)
+    # cache fills need, nor fills the passthrough's; one TLS context (it reads the CAs from disk)
+    tls = await asyncio.to_thread(upstream_tls, s.upstream_ca_file)
+    fills = LunaryUpstream(s.upstream_url, s.upstream_timeout, s.fill_max_connections, tls)
     opened.push_async_callback(fills.close)
-    forwards = LunaryUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections)
+    forwards = LunaryUpstream(s.upstream_url, s.upstream_timeout, s.upstream_max_connections, tls)
     opened.push_async_callback(forwards.close)
     bodies = BodyBuffer(s.max_request_bytes, s.request_buffer_bytes, s.request_spool_bytes)
     cooldowns = Cooldowns(store)
@@ -241,7 +243,7 @@ async def _open_store(s: Settings, metrics: Metrics, notices: FillNotices | None
             "the store does not answer at start-up: serving from Lunary until it does",
             extra={"store": store_description(s), "error": str(exc)},
         )
-        store.failed_at_start()
+        store.failed_at_start(exc)
     return store
 
 

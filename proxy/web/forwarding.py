@@ -88,6 +88,7 @@ async def _forward(parts: Components, scope: Scope, send: Send, body: RequestBod
         await send_error(send, errors.rate_limited(limited.remaining))
         return
     except UpstreamError as exc:
+        access_of(scope).cause = exc.cause  # (its log line and metric are the client's, fill's)
         await send_error(send, errors.upstream_failure(exc))
         return
     access_of(scope).upstream_status = response.status

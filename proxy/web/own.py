@@ -53,8 +53,10 @@ class Readiness(OwnRead):
             return failure.status, [JSON], failure.body()
         try:
             await parts.store.ping()
-        except StoreError as exc:
-            failure = errors.not_ready(f"the store does not answer ({exc})")
+        except StoreError as exc:  # its cause was filled in by the guard (store/guard.py)
+            failure = errors.not_ready(
+                f"the store does not answer: {exc.cause} ({exc.detail or exc})", exc.cause
+            )
             return failure.status, [JSON], failure.body()
         return 200, [JSON], orjson.dumps({"status": "ready"})
 

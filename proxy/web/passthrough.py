@@ -75,8 +75,9 @@ class Passthrough:
             )
         except Exception as exc:
             # anything else that stopped the request (the spool file failing) is "aborted"
-            label = exc.label if isinstance(exc, UpstreamError) else "aborted"
-            self._metrics.upstream("passthrough", label, time.perf_counter() - started)
+            failed = exc if isinstance(exc, UpstreamError) else None
+            label, cause = ("aborted", None) if failed is None else (failed.label, failed.cause)
+            self._metrics.upstream("passthrough", label, time.perf_counter() - started, cause)
             raise
         self._metrics.upstream("passthrough", response.status, time.perf_counter() - started)
         if await self._cooldowns.learn(response.status, response.headers, bucket, now):

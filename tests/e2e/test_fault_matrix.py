@@ -162,7 +162,7 @@ def test_redis_out_of_memory_refuses_writes_and_still_serves_reads(
     assert value(metrics, "lunary_proxy_store_breaker_open") == 0.0
     # the first refusal (the lookup taking the fill lock) pauses writes: the saves are not even
     # tried, and the lookups after it take no lock
-    assert value(metrics, "lunary_proxy_store_errors_total", operation="lookup") == 1
+    assert value(metrics, "lunary_proxy_store_errors_total", operation="lookup", cause="oom") == 1
     assert value(metrics, "lunary_proxy_responses_not_stored_total", reason="store-refused") == 2
 
 

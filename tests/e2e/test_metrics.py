@@ -43,7 +43,10 @@ def test_cache_results_and_upstream_statuses_are_counted(
         == 1
     )
     assert value(text, "lunary_proxy_upstream_request_duration_seconds_count", purpose="fill") == 4
-    assert value(text, "lunary_proxy_store_errors_total", operation="lookup") >= 1
+    lookup_errors = value(
+        text, "lunary_proxy_store_errors_total", operation="lookup", cause="refused"
+    )
+    assert lookup_errors >= 1
     assert value(down, "lunary_proxy_store_breaker_open") == 1
     assert value(text, "lunary_proxy_build_info", version="0.1.0") == 1
     assert key not in text

@@ -68,7 +68,7 @@ async def test_failure_opens_the_breaker_and_later_calls_skip_the_store(
     assert metrics.registry.get_sample_value("lunary_proxy_store_breaker_open") == 1
     assert (
         metrics.registry.get_sample_value(
-            "lunary_proxy_store_errors_total", {"operation": "lookup"}
+            "lunary_proxy_store_errors_total", {"operation": "lookup", "cause": "other"}
         )
         == 1
     )
@@ -139,5 +139,5 @@ async def test_a_refused_write_is_counted_reads_go_on_and_writes_pause(
     assert calls_in_pause == 2
     assert not guard.writes_refused
     assert inner.calls == 3
-    errors = {"operation": "save"}
+    errors = {"operation": "save", "cause": "other"}  # (a StoreRefused made by the test)
     assert metrics.registry.get_sample_value("lunary_proxy_store_errors_total", errors) == 1
