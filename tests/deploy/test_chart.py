@@ -305,6 +305,60 @@ def test_the_servicemonitor_scrapes_the_service_port() -> None:
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
+def test_the_servicemonitor_options_reach_its_endpoint() -> None:
+    options = yaml.safe_load((CHART / "ci/servicemonitor-values.yaml").read_text())
+    options = options["metrics"]["serviceMonitor"]
+    (endpoint,) = render("servicemonitor-values.yaml").one("ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["honorLabels"] is True
+    assert endpoint["interval"] == options["interval"]
+    assert endpoint["scrapeTimeout"] == options["scrapeTimeout"]
+    for name in ("tlsConfig", "relabelings", "metricRelabelings"):
+        assert endpoint[name] == options[name], name
+
+
+def test_a_servicemonitor_in_another_namespace_selects_the_release_namespace() -> None:
+    monitor = render("servicemonitor-values.yaml").one("ServiceMonitor")
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["apps"]}  # render's namespace
+
+
+def test_the_default_servicemonitor_stays_beside_the_service_over_plain_http() -> None:
+    monitor = render(sets=("metrics.serviceMonitor.enabled=true",)).one("ServiceMonitor")
+    assert "namespace" not in monitor["metadata"]
+    assert "namespaceSelector" not in monitor["spec"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "http"
+    assert endpoint["honorLabels"] is False
+    assert not {"tlsConfig", "relabelings", "metricRelabelings"} & set(endpoint)
+
+
+def test_a_servicemonitor_tls_config_needs_https() -> None:
+    tls = ("metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.tlsConfig.serverName=x")
+    with pytest.raises(RenderError, match=r"tlsConfig is set but .*scheme is not https"):
+        render(sets=tls)
+    (endpoint,) = render(sets=(*tls, "metrics.serviceMonitor.scheme=https")).one("ServiceMonitor")[
+        "spec"
+    ]["endpoints"]
+    assert endpoint["tlsConfig"] == {"serverName": "x"}
+
+
+@pytest.mark.parametrize(
+    ("assignment", "complaint"),
+    [
+        ("metrics.serviceMonitor.honorLabel=true", "honorLabel"),  # a typo
+        ("metrics.serviceMonitor.scheme=ftp", "scheme"),
+        ("metrics.serviceMonitor.namespace=Monitoring", r"serviceMonitor\.namespace"),
+        ("metrics.serviceMonitor.relabelings[0].sourceLabel=pod", "sourceLabel"),
+        ("metrics.serviceMonitor.metricRelabelings[0].modulus=0", "modulus"),
+        ("metrics.serviceMonitor.interval=30", "interval"),
+    ],
+)
+def test_the_schema_rejects_bad_servicemonitor_values(assignment: str, complaint: str) -> None:
+    with pytest.raises(RenderError, match=complaint):
+        render(sets=("metrics.serviceMonitor.enabled=true", assignment))
+
+
 def test_the_networkpolicy_admits_only_the_proxy_port() -> None:
     rendered = render("production-values.yaml")
     policy = rendered.one("NetworkPolicy")
