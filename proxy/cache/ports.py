@@ -17,12 +17,16 @@ from proxy.core.model import Entry, EntryKey, Lookup
 class StoreError(Exception):
     """The store failed or was too slow; callers degrade to the upstream.
 
-    `cause` and `detail` (the store's own words) are filled in by the guard (store/guard.py),
-    which sees every call, for the metric, the log and /readyz.
+    `cause` says why (proxy/core/causes.py) and `detail` in the store's own words, both named
+    where the store's error is mapped (store/causes.py), for the metric, the log and /readyz.
     """
 
-    cause: StoreCause = StoreCause.OTHER
-    detail: str = ""
+    def __init__(
+        self, message: str = "", cause: StoreCause = StoreCause.OTHER, detail: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.detail = detail
 
 
 class StoreRefused(StoreError):

@@ -1,5 +1,5 @@
 """Why a store call failed, in the words of proxy/core/causes.py: read from what redis-py (or the
-call's timeout) raised, the StoreError's `__cause__`, and the OS error under it."""
+call's timeout) raised and the OS error under it, when the StoreError is made."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ssl
 
 from redis import exceptions as rx
 
-from proxy.cache.ports import StoreError
+from proxy.cache.ports import ForeignValue, StoreError, StoreRefused
 from proxy.core.causes import StoreCause, short_message
 
 # a server's error reply, by its first word (redis-py gives some their own class, not all,
@@ -43,16 +43,22 @@ _CLASSES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], Sto
 )  # fmt: skip
 
 
-def classify(exc: StoreError) -> StoreError:
-    """`exc` with its `cause` and `detail` filled in (once: a wrapper may see it again)."""
-    if "cause" not in vars(exc):
-        underlying = exc.__cause__ or exc
-        exc.cause = store_cause(underlying)
-        silent = _SILENT.get(exc.cause, type(underlying).__name__)
-        exc.detail = short_message(str(underlying)) or silent
-    return exc
+def store_error(operation: str, exc: BaseException) -> StoreError:
+    """What a failed call raises, named by its cause: StoreRefused when Redis is up but refuses
+    writes (out of memory under `noeviction`, or unable to persist), ForeignValue for a value of
+    another type under one of our keys; else a StoreError, and the breaker skips the store for
+    a while (down, slow, CLUSTERDOWN, TRYAGAIN, BUSY, READONLY...)."""
+    cause = store_cause(exc)
+    detail = short_message(str(exc)) or _SILENT.get(cause, type(exc).__name__)
+    kind = _KINDS.get(cause, StoreError)
+    return kind(f"{operation} failed: {type(exc).__name__}", cause, detail)
 
 
+_KINDS: dict[StoreCause, type[StoreError]] = {
+    StoreCause.OOM: StoreRefused,
+    StoreCause.MISCONF: StoreRefused,
+    StoreCause.WRONGTYPE: ForeignValue,
+}
 _SILENT = {StoreCause.TIMEOUT: "no answer within the store timeout"}
 
 
@@ -62,8 +68,11 @@ def store_cause(exc: BaseException) -> StoreCause:
         if isinstance(exc, kind):
             return cause
     if isinstance(exc, rx.ResponseError):
-        first = str(exc).split(" ", 1)[0]
-        return _REPLIES.get(first, StoreCause.OTHER)
+        text = str(exc)
+        found = _REPLIES.get(text.split(" ", 1)[0])
+        if found is None and "WRONGTYPE" in text:  # raised in a script, as Redis 6 words it
+            found = StoreCause.WRONGTYPE
+        return found or StoreCause.OTHER
     for origin in _chain(exc):  # a ConnectionError, and the OS error it was made from
         found = _os_cause(origin)
         if found is not None:

@@ -36,9 +36,9 @@ from proxy.cache.ports import (
     StoreRefused,
     StoreUnavailable,
 )
+from proxy.core.causes import StoreCause
 from proxy.core.model import Entry, EntryKey, Lookup
 from proxy.ops.metrics import Metrics
-from proxy.store.causes import classify
 
 T = TypeVar("T")
 log = logging.getLogger("proxy.store")
@@ -255,7 +255,6 @@ class GuardedStore:
         try:
             result = await call
         except StoreError as exc:
-            classify(exc)  # its cause, for the metric, the log, and /readyz
             self._metrics.store_error(operation, exc.cause)
             if isinstance(exc, StoreRefused):  # the store is up: the breaker stays closed
                 self._refuse_writes(exc)
@@ -281,8 +280,7 @@ class GuardedStore:
     def failed_at_start(self, exc: StoreError | None = None) -> None:
         """The store did not answer at start-up (the caller has said so): skip it from the first
         request on, as after any failure, rather than make that request wait for it again."""
-        cause = classify(exc).cause if exc is not None else StoreError.cause
-        self._metrics.store_error("connect", cause)
+        self._metrics.store_error("connect", exc.cause if exc is not None else StoreCause.OTHER)
         self._open_until = self._clock() + self._open_for
         self._metrics.breaker_open(True)
 

@@ -29,7 +29,6 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import (
-    OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
     RedisError,
@@ -39,14 +38,13 @@ from redis.exceptions import (
 from proxy.cache.ports import (
     Claim,
     FillLock,
-    ForeignValue,
     KeptCuts,
     StoreError,
-    StoreRefused,
 )
 from proxy.core.cuts import MAX_RECENT_CUTS
 from proxy.core.model import Entry, EntryKey, Lookup
 from proxy.store import codec
+from proxy.store.causes import store_error
 from proxy.store.connection import close_client
 from proxy.store.notify import FillNotices
 
@@ -218,7 +216,7 @@ class RedisStore:
     def _failed(self, operation: str, exc: BaseException) -> StoreError:
         if isinstance(exc, ReadOnlyError) and isinstance(self._client, Redis):
             self._reconnect(self._client)
-        return _store_error(operation, exc)
+        return store_error(operation, exc)
 
     def _reconnect(self, client: Redis) -> None:
         """READONLY on a plain URL: the node was demoted in a failover and the pooled
@@ -420,20 +418,6 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError, *REDIS_FAILURES):
                 await self._reconnecting
         await close_client(self._client)
-
-
-def _store_error(operation: str, exc: BaseException) -> StoreError:
-    """StoreRefused when Redis is up but refuses writes: out of memory under `noeviction`, or
-    unable to persist (MISCONF); ForeignValue for a value of another type under one of our keys
-    (WRONGTYPE). Anything else (down, slow, CLUSTERDOWN, TRYAGAIN, BUSY, READONLY...) is a
-    StoreError: the store cannot be used, and the breaker skips it for a while."""
-    plain = type(exc) is ResponseError
-    kind: type[StoreError] = StoreError
-    if isinstance(exc, OutOfMemoryError) or (plain and str(exc).startswith("MISCONF")):
-        kind = StoreRefused
-    elif plain and "WRONGTYPE" in str(exc):
-        kind = ForeignValue
-    return kind(f"{operation} failed: {type(exc).__name__}")
 
 
 def parse_cuts(recent: object, expired: object) -> KeptCuts:

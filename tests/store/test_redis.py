@@ -18,13 +18,13 @@ from redis.exceptions import (
 from proxy.cache.ports import ForeignValue, KeptCuts, StoreError, StoreRefused
 from proxy.core.cuts import MAX_RECENT_CUTS
 from proxy.core.model import Entry, EntryKey
+from proxy.store.causes import store_error
 from proxy.store.connection import connect
 from proxy.store.redis import (
     CUTS_EXPIRED_KEY,
     CUTS_KEY,
     INVALIDATED_CHANNEL,
     RedisStore,
-    _store_error,
     entry_redis_key,
     generation_redis_key,
 )
@@ -137,7 +137,7 @@ def test_error_replies_map_to_refused_foreign_or_down(
     raised: Exception, becomes: type[StoreError]
 ) -> None:
     # only a store that is up but refuses writes keeps the breaker closed (store/guard.py)
-    assert type(_store_error("save", raised)) is becomes
+    assert type(store_error("save", raised)) is becomes
 
 
 async def test_a_cut_is_kept_moves_only_forward_and_is_announced(

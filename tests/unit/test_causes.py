@@ -13,7 +13,7 @@ from redis import exceptions as rx
 
 from proxy.cache.ports import StoreError
 from proxy.core.causes import MAX_MESSAGE, StoreCause, UpstreamCause, short_message
-from proxy.store.causes import classify, store_cause
+from proxy.store.causes import store_cause, store_error
 from proxy.upstream.failures import Exchange, Phase, failure_of
 
 
@@ -112,14 +112,10 @@ def test_a_connection_error_is_named_by_the_os_error_under_it(
     assert store_cause(raised) is cause
 
 
-def test_a_store_error_is_classified_from_what_it_was_raised_from() -> None:
-    try:
-        try:
-            raise rx.AuthenticationError("invalid username-password pair or user is disabled.")
-        except rx.RedisError as exc:
-            raise StoreError("ping failed: AuthenticationError") from exc
-    except StoreError as exc:
-        classified = classify(exc)
+def test_a_store_error_is_named_by_what_redis_py_raised() -> None:
+    classified = store_error(
+        "ping", rx.AuthenticationError("invalid username-password pair or user is disabled.")
+    )
     assert classified.cause is StoreCause.AUTH
     assert classified.detail == "invalid username-password pair or user is disabled."
     assert StoreError("unclassified").cause is StoreCause.OTHER
