@@ -25,9 +25,10 @@ class ProxyErrorReply:
     cause: str | None = None
 
     def body(self) -> bytes:
-        if self.cause is None:
-            return orjson.dumps({"error": self.error, "message": self.message})
-        return orjson.dumps({"error": self.error, "message": self.message, "cause": self.cause})
+        body = {"error": self.error, "message": self.message}
+        if self.cause is not None:
+            body["cause"] = self.cause
+        return orjson.dumps(body)
 
 
 def bad_path(message: str) -> ProxyErrorReply:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
 
 from proxy.cache import errors
 from proxy.cache.ports import FetchedResponse
@@ -60,14 +59,14 @@ def stale(
 ) -> Reply:
     """A stale entry served at once: while revalidating, because the upstream answered an
     error, or because it could not be asked (`reason` is then the failure's cause)."""
-    status_header, cause = _explained(
-        reason, fwd="stale", fwd_status=upstream_status, ttl=judgement.ttl
-    )
     headers = entry_headers(entry)
     headers += [
         (b"x-cache", b"STALE"),
         (b"age", b"%d" % judgement.age),
-        (b"cache-status", status_header),
+        (
+            b"cache-status",
+            cache_status(fwd="stale", fwd_status=upstream_status, ttl=judgement.ttl, detail=reason),
+        ),
     ]
     return Reply(
         entry.status,
@@ -75,7 +74,7 @@ def stale(
         entry.body,
         cache="stale",
         upstream_status=upstream_status,
-        cause=cause,
+        cause=_cause(reason),
     )
 
 
@@ -106,24 +105,20 @@ def failure(
     reply: errors.ProxyErrorReply, result: CacheResult, detail: Reason | UpstreamCause
 ) -> Reply:
     """An answer the proxy made itself; `detail` is an upstream failure's cause when it is one."""
-    status_header, cause = _explained(detail, fwd="miss")
     headers = [
         (b"content-type", errors.JSON_TYPE),
         *reply.headers,
         (b"x-cache", result.value.encode()),
-        (b"cache-status", status_header),
+        (b"cache-status", cache_status(fwd="miss", detail=detail)),
     ]
-    return Reply(reply.status, headers, reply.body(), cache=result.value.lower(), cause=cause)
+    return Reply(
+        reply.status, headers, reply.body(), cache=result.value.lower(), cause=_cause(detail)
+    )
 
 
-def _explained(
-    detail: Reason | UpstreamCause, **members: Any
-) -> tuple[bytes, UpstreamCause | None]:
-    """A Cache-Status member with `detail`, and the upstream failure's cause if it is one.
-    `detail` is cache_status's last parameter, and a cause an RFC 8941 token like a Reason."""
-    if isinstance(detail, UpstreamCause):
-        return cache_status(**members) + b"; detail=" + detail.value.encode("ascii"), detail
-    return cache_status(**members, detail=detail), None
+def _cause(detail: Reason | UpstreamCause) -> UpstreamCause | None:
+    """The upstream failure's cause, for the access line, when `detail` is one."""
+    return detail if isinstance(detail, UpstreamCause) else None
 
 
 def rate_limited(remaining: float, result: CacheResult) -> Reply:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from proxy.core.causes import UpstreamCause
 from proxy.core.headers import Header, delta_seconds, directives
 from proxy.core.model import (
     CachedRoute,
@@ -143,9 +144,10 @@ def cache_status(
     ttl: float | None = None,
     stored: bool = False,
     collapsed: bool = False,
-    detail: Reason | None = None,
+    detail: Reason | UpstreamCause | None = None,
 ) -> bytes:
-    """An RFC 9211 `Cache-Status` member for this cache; never carries a key or credential."""
+    """An RFC 9211 `Cache-Status` member for this cache; never carries a key or credential.
+    `detail` is a decision's reason, or why the upstream could not be asked (both sf-tokens)."""
     parts = [CACHE_NAME]
     if hit:
         parts.append("hit")
