@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from config.settings import ENV_PREFIX, ConfigError, Settings, load_settings
+from tests.tools import missing_tool, required_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "examples" / "compose.yaml"
@@ -211,7 +212,8 @@ def docker_compose() -> list[str] | None:
 def test_docker_compose_accepts_it_and_interpolates_it_the_same(user_env: dict[str, str]) -> None:
     tool = docker_compose()
     if tool is None:
-        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
+        missing_tool("neither docker-compose nor the docker compose plugin is installed")
+        return
     result = subprocess.run(
         [*tool, "--file", str(COMPOSE), "config"],
         capture_output=True,
@@ -233,8 +235,7 @@ def test_podman_compose_accepts_it_and_interpolates_it_the_same(
 ) -> None:
     """podman-compose 1.0.3 has no `config`: its dry run prints the podman commands instead, and
     a stub podman answers its queries (a real one would create the network even then)."""
-    if not shutil.which("podman-compose"):
-        pytest.skip("podman-compose is not installed")
+    required_tool("podman-compose", "Debian package podman-compose")
     stub = tmp_path / "podman"
     stub.write_text("#!/bin/sh\nexit 0\n")
     stub.chmod(0o755)
@@ -269,9 +270,8 @@ def test_the_script_parses() -> None:
 
 
 def test_shellcheck_finds_nothing() -> None:
-    if not shutil.which("shellcheck"):
-        pytest.skip("shellcheck is not installed")
-    result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    shellcheck = required_tool("shellcheck", "Debian package shellcheck")
+    result = subprocess.run([shellcheck, str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
 
 

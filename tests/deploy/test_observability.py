@@ -4,8 +4,8 @@ and every metric and label they query checked against a live proxy's /metrics.""
 from __future__ import annotations
 
 import json
+import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,13 +18,15 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ProxyFactory
-from tests.deploy.chart import CHART, KUBERNETES_VERSIONS, RenderError, helm, render
+from tests.deploy.chart import CHART, KUBERNETES_VERSIONS, ROOT, RenderError, helm, render
 from tests.fake_lunary import FakeLunary
 from tests.servers import RedisServer
+from tests.tools import required_tool
 
 RULES = CHART / "rules" / "lunary-cache-proxy.rules.yaml"
 DASHBOARD = CHART / "dashboards" / "lunary-cache-proxy.json"
 RULES_TESTS = Path(__file__).with_name("rules_test.yaml")
+TOOLS = ROOT / ".cache" / "tools"  # where scripts/test puts the tools it downloads
 SCENARIO = "observability-values.yaml"
 BOTH_ON = ("grafanaDashboard.enabled=true", "prometheusRule.enabled=true")
 RUNBOOK = (
@@ -84,10 +86,10 @@ def variable_queries() -> list[str]:
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return found
+    """PROMTOOL (set by scripts/test, which unpacks it from Debian's prometheus package)."""
+    return required_tool(
+        "promtool", "Debian package prometheus", os.environ.get("PROMTOOL"), TOOLS / "promtool"
+    )
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
