@@ -13,6 +13,7 @@ STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 CACHE_RESULTS = ("hit", "negative_hit", "miss", "stale", "bypass")
 NEAR_RESULTS = ("hit", "miss", "unconfirmed", "bypass")
 NEAR_DROPS = ("invalidated", "reset", "changed")
+INVALIDATION_SOURCES = ("write", "ingest", "admin")
 
 
 class Metrics:
@@ -134,6 +135,11 @@ class Metrics:
             ["source", "result"],
             registry=registry,
         )
+        # every series exported from 0: an alert's increase() counts a series' first error only
+        # when the series was there before it
+        for source in INVALIDATION_SOURCES:
+            for result in ("ok", "error"):
+                self._invalidations.labels(source, result)
         self._ingest_unparsed = Counter(
             "lunary_proxy_ingest_unparsed",
             "Ingest bodies forwarded but not read exactly: each made a fail-safe cut.",
