@@ -14,8 +14,9 @@ from typing import Literal
 from pydantic import SecretStr
 
 from config import ConfigError, Settings, load_settings
+from config.masking import MASK, masked_url
 from config.settings import ENV_PREFIX
-from proxy.preflight import MASK, masked_url, run_checks
+from proxy.preflight import run_checks
 
 PROG = "lunary-cache-proxy"
 
@@ -55,7 +56,7 @@ def shown(value: object) -> str:
             return "true" if value else "false"
         case float() if value.is_integer():
             return str(int(value))
-        case str() if "://" in value:
+        case str():
             return masked_url(value)
         case _:
             return str(value)

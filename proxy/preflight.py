@@ -17,13 +17,13 @@ from urllib.parse import unquote, urlsplit
 from redis.exceptions import RedisError
 
 from config import Settings
+from config.masking import MASK, masked_url
 from proxy.store.connection import close_client, connect
 from proxy.upstream.session import EnvProxy
 from proxy.upstream.tls import upstream_tls
 
 # each step (a lookup, a connection, a handshake, a PING) gets this long
 STEP_TIMEOUT = 5.0
-MASK = "***"
 
 Outcome = Literal["ok", "FAIL", "skip"]
 T = TypeVar("T")
@@ -39,28 +39,6 @@ class Check:
 
     def line(self) -> str:
         return f"{self.outcome:<4} {self.name:<17} {self.detail}"
-
-
-def masked_url(url: str) -> str:
-    """`url` with the password of its user part and any `password` query value as ***, the
-    rest left as written (a unix socket path, a CA file) so that it still says where it goes."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    head, question, query = rest.partition("?")
-    at = head.rfind("@")  # the last one: a password may hold an unencoded @
-    if at >= 0:
-        user, _, password = head[:at].partition(":")
-        if password:
-            head = f"{user}:{MASK}{head[at:]}"
-    if question:
-        query = "&".join(_masked_param(param) for param in query.split("&"))
-    return f"{scheme}://{head}{question}{query}"
-
-
-def _masked_param(param: str) -> str:
-    name, equals, value = param.partition("=")
-    return f"{name}={MASK}" if equals and value and "password" in name.lower() else param
 
 
 def url_secrets(url: str) -> list[str]:

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from config import Settings, load_settings
+from config.masking import masked_url
 from proxy.cache import errors
 from proxy.core.model import RouteKind
 from proxy.core.scope import ScopeHasher
@@ -34,7 +35,6 @@ from proxy.web.components import (
     Live,
     close_components,
     open_components,
-    redacted,
     store_description,
 )
 from proxy.web.forwarding import Forward
@@ -137,7 +137,7 @@ def _log_ready(settings: Settings, generated_secret: bool) -> None:
         )
     log.info(
         "lunary-cache-proxy ready",
-        extra={"upstream": redacted(settings.upstream_url), "store": store_description(settings)},
+        extra={"upstream": masked_url(settings.upstream_url), "store": store_description(settings)},
     )
 
 

@@ -8,9 +8,9 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 from config import Settings
+from config.masking import masked_url
 from proxy.cache.cooldowns import Cooldowns
 from proxy.cache.invalidation import Invalidator
 from proxy.cache.ports import Store, StoreError, Upstream
@@ -256,14 +256,4 @@ def store_description(s: Settings) -> str:
         if s.near_cache and s.near_max_bytes
         else ", no in-process tier"
     )
-    return f"{kind} at {redacted(s.redis_url)}{near}"
-
-
-def redacted(url: str) -> str:
-    """A URL fit for logs: no password in the user part, no query (it may carry one too)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        user_info, host = netloc.rsplit("@", 1)
-        netloc = user_info.split(":", 1)[0] + ":***@" + host
-    return urlunsplit(parts._replace(netloc=netloc, query="***" if parts.query else ""))
+    return f"{kind} at {masked_url(s.redis_url)}{near}"

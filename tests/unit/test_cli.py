@@ -10,8 +10,9 @@ import pytest
 from pydantic import SecretStr
 
 from config import Settings, load_settings
+from config.masking import masked_url
 from proxy import cli
-from proxy.preflight import Check, masked_url, url_secrets
+from proxy.preflight import Check, url_secrets
 
 
 @pytest.fixture(autouse=True)
@@ -146,6 +147,7 @@ def test_an_empty_redis_url_flag_chooses_the_in_memory_store() -> None:
         ("redis://:p@ss/w@r:6379/0", "redis://:***@r:6379/0"),  # an unencoded @ and /
         ("redis://r/0?password=s3cret&db=2", "redis://r/0?password=***&db=2"),
         ("unix:///run/redis.sock?password=s3cret", "unix:///run/redis.sock?password=***"),
+        ("unix:/run/redis.sock?password=s3cret", "unix:/run/redis.sock?password=***"),  # no //
         ("redis+sentinel://:s3cret@a:26379,b:26379/main/0", "redis+sentinel://:***@a:26379,b:26379/main/0"),
         ("https://api.lunary.ai", "https://api.lunary.ai"),
     ],
@@ -222,3 +224,10 @@ def test_the_summary_says_what_the_proxy_would_do_without_secrets() -> None:
 def test_a_check_is_one_line_outcome_name_detail() -> None:
     assert Check("redis", "FAIL", "no answer").line().split() == ["FAIL", "redis", "no", "answer"]
     assert Check("upstream tls", "ok", "x").line().startswith("ok   upstream tls ")
+
+
+def test_print_config_masks_a_password_in_a_url_without_an_authority() -> None:
+    lines = cli.print_config(load_settings(redis_url="unix:/run/redis.sock?password=s3cret"))
+
+    assert "PROXY_REDIS_URL=unix:/run/redis.sock?password=***" in lines
+    assert not any("s3cret" in line for line in lines)
