@@ -194,6 +194,8 @@ def test_a_proxy_that_is_down_or_refuses_is_a_prompt_502(
         answer = read(proxy, fake.add_run(), fake.add_key())
 
     assert answer.status_code == 502
+    assert answer.json()["cause"] == "proxy"
+    assert answer.headers["cache-status"].endswith("; detail=proxy")
     assert time.monotonic() - started < 1.5  # not the 2 s upstream timeout (that is a 504)
     assert fake.count() == 0
 

@@ -49,6 +49,20 @@ def subjects(context: ssl.SSLContext) -> set[str]:
 # -- verification -----------------------------------------------------------------------------
 
 
+def test_the_passthrough_pool_verifies_with_the_ca_file_too(
+    make_proxy: ProxyFactory, fake: FakeLunary, tls_upstream: ServerThread, tls_files: TlsFiles
+) -> None:
+    """Passthrough has its own connection pool: it is given the same context as the fills'."""
+    key = fake.add_key()
+    trusting = make_proxy(upstream_url=tls_upstream.url, upstream_ca_file=tls_files.ca)
+    untrusting = make_proxy(upstream_url=tls_upstream.url)
+
+    assert trusting.get("/v1/runs/count", headers=bearer(key)).status_code == 200
+    refused = untrusting.get("/v1/runs/count", headers=bearer(key))
+    assert refused.status_code == 502
+    assert refused.json()["cause"] == "tls"
+
+
 def test_an_unknown_ca_is_refused_by_default(
     make_proxy: ProxyFactory, fake: FakeLunary, tls_upstream: ServerThread
 ) -> None:
@@ -124,7 +138,10 @@ def test_a_certificate_for_another_name_is_refused_even_from_a_trusted_ca(
         for url in (upstream.url, localhost_url(upstream)):
             proxy = make_proxy(upstream_url=url, upstream_ca_file=elsewhere.ca)
 
-            assert proxy.get(f"/v1/runs/{run}", headers=bearer(key)).status_code == 502, url
+            answer = proxy.get(f"/v1/runs/{run}", headers=bearer(key))
+
+            assert answer.status_code == 502, url
+            assert answer.json()["cause"] == "tls", url
 
     assert fake.count(run) == 0
 
