@@ -23,6 +23,7 @@ from tests.servers import (
     RedisSentinelServers,
     RedisServer,
     ServerThread,
+    TlsFiles,
     make_tls_files,
 )
 
@@ -162,6 +163,19 @@ def fake() -> FakeLunary:
 @pytest.fixture
 def upstream(fake: FakeLunary) -> Iterator[ServerThread]:
     with ServerThread(fake) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A throwaway CA and a certificate it signed for localhost and 127.0.0.1."""
+    return make_tls_files(str(tmp_path_factory.mktemp("upstream-tls")))
+
+
+@pytest.fixture
+def tls_upstream(fake: FakeLunary, tls_files: TlsFiles) -> Iterator[ServerThread]:
+    """The fake Lunary over HTTPS, its certificate from tls_files' CA."""
+    with ServerThread(fake, tls=tls_files) as server:
         yield server
 
 

@@ -78,10 +78,3 @@ class FaultServer:
         for thread in self._threads:
             thread.join(timeout=5)
         self._sock.close()
-
-
-def closed_port_url() -> str:
-    """A loopback port nothing listens on: connections are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -18,7 +18,7 @@ import pytest
 
 from config import Settings
 from tests.fake_lunary import FakeLunary
-from tests.servers import ProxyProcess, RedisServer, ServerThread, free_port, make_tls_files
+from tests.servers import ProxyProcess, RedisServer, ServerThread, TlsFiles, free_port
 
 
 def clean_env(**settings: str) -> dict[str, str]:
@@ -427,15 +427,15 @@ def test_check_config_connect_speaks_tls_to_redis(tmp_path: Path, tls_redis: Red
     assert f"{tls_redis.url} answered PING" in result.stdout
 
 
-def test_check_config_connect_verifies_the_upstream_certificate(tmp_path: Path) -> None:
-    tls = make_tls_files(str(tmp_path))
-    with ServerThread(FakeLunary(), ssl_certfile=tls.cert, ssl_keyfile=tls.key) as upstream:
-        url = f"https://127.0.0.1:{upstream.port}"
-        untrusted = run_cli("--check-config", "--connect", "--upstream", url, cwd=tmp_path)
-        trusted = run_cli(
-            "--check-config", "--connect", "--upstream", url,
-            cwd=tmp_path, PROXY_UPSTREAM_CA_FILE=tls.ca,
-        )  # fmt: skip
+def test_check_config_connect_verifies_the_upstream_certificate(
+    tmp_path: Path, tls_upstream: ServerThread, tls_files: TlsFiles
+) -> None:
+    url = f"https://127.0.0.1:{tls_upstream.port}"
+    untrusted = run_cli("--check-config", "--connect", "--upstream", url, cwd=tmp_path)
+    trusted = run_cli(
+        "--check-config", "--connect", "--upstream", url,
+        cwd=tmp_path, PROXY_UPSTREAM_CA_FILE=tls_files.ca,
+    )  # fmt: skip
 
     assert untrusted.returncode == 1
     assert check_lines(untrusted.stdout)["upstream tls"] == "FAIL"

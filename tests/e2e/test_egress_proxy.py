@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.connect_proxy import ConnectProxy
 from tests.fake_lunary import FakeLunary
-from tests.servers import ProxyProcess, ServerThread, TlsFiles, free_port, make_tls_files
+from tests.servers import ProxyProcess, ServerThread, TlsFiles, free_port
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 SetEnv = Callable[..., None]
@@ -33,17 +33,6 @@ def egress(monkeypatch: pytest.MonkeyPatch) -> SetEnv:
             monkeypatch.setenv(name, value)
 
     return use
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls_files(str(tmp_path_factory.mktemp("egress-tls")))
-
-
-@pytest.fixture
-def tls_upstream(fake: FakeLunary, tls_files: TlsFiles) -> Iterator[ServerThread]:
-    with ServerThread(fake, tls=tls_files) as server:
-        yield server
 
 
 @pytest.fixture

@@ -8,10 +8,9 @@ import logging
 import pytest
 
 from tests.conftest import ProxyFactory, RunningProxy
-from tests.e2e.test_upstream_client import closed_port_url
 from tests.fake_lunary import FakeLunary
 from tests.prometheus import value
-from tests.servers import RedisServer
+from tests.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.redis_server
 ERRORS = "lunary_proxy_store_errors_total"
@@ -53,7 +52,7 @@ def test_a_wrong_password_is_auth(
 def test_nothing_listening_is_refused(
     make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = closed_port_url().rsplit(":", 1)[1]
+    port = free_port()
     proxy = make_proxy(redis_url=f"redis://127.0.0.1:{port}/0")
     reason = not_ready(proxy, "refused")
     metrics = proxy.get("/metrics").text
@@ -88,7 +87,7 @@ def test_a_read_only_replica_is_readonly(
     make_proxy: ProxyFactory, fake: FakeLunary, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A replica of a master that is not there: it answers reads and pings, refuses writes."""
-    master_port = closed_port_url().rsplit(":", 1)[1]
+    master_port = str(free_port())
     with RedisServer("--replicaof", "127.0.0.1", master_port) as replica:
         proxy = make_proxy(redis_url=replica.url, near_cache=False)
         ready = proxy.get("/readyz")

@@ -18,13 +18,13 @@ import pytest
 
 from tests.conftest import ProxyFactory, RunningProxy
 from tests.e2e.test_access_log import access_lines
+from tests.e2e.test_upstream_client import closed_port_url
 from tests.fake_lunary import FakeLunary
 from tests.prometheus import value
 from tests.servers import ProxyProcess, ServerThread, make_tls_files
 from tests.upstream_faults import (
     FaultServer,
     answers_garbage,
-    closed_port_url,
     reads_and_resets,
     reads_and_waits,
     silent,

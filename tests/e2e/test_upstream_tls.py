@@ -7,7 +7,6 @@ import os
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,23 +18,9 @@ from tests.conftest import ProxyFactory
 from tests.fake_lunary import FakeLunary
 from tests.servers import ProxyProcess, ServerThread, TlsFiles, free_port, make_tls_files
 
-LOCALHOST_NAMES = ("DNS:localhost", "IP:127.0.0.1")
-
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    """A throwaway CA and a certificate it signed for localhost and 127.0.0.1."""
-    return make_tls_files(str(tmp_path_factory.mktemp("upstream-tls")), LOCALHOST_NAMES)
-
-
-@pytest.fixture
-def tls_upstream(fake: FakeLunary, tls_files: TlsFiles) -> Iterator[ServerThread]:
-    with ServerThread(fake, tls=tls_files) as server:
-        yield server
 
 
 def localhost_url(server: ServerThread) -> str:
@@ -115,7 +100,7 @@ def test_the_system_trust_still_verifies_with_a_ca_file(
 ) -> None:
     """End to end: the "system" CA (SSL_CERT_FILE stands in for it) and the file's CA both
     verify, each for an upstream it signed. SSL_CERT_FILE alone would replace the system's."""
-    other = make_tls_files(str(tmp_path), LOCALHOST_NAMES)
+    other = make_tls_files(str(tmp_path))
     monkeypatch.setenv("SSL_CERT_FILE", other.ca)
     key = fake.add_key()
     with ServerThread(fake, tls=other) as system_signed:
