@@ -120,14 +120,8 @@ def test_console_script_serves_cached_reads(tmp_path: Path) -> None:
 def test_invalid_setting_stops_start_up_with_one_line(
     tmp_path: Path, name: str, bad_value: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy"],
-        env=clean_env(**{name: bad_value, "PROXY_SCOPE_SECRET": "do-not-print-me"}),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    settings = {name: bad_value, "PROXY_SCOPE_SECRET": "do-not-print-me"}
+    result = run_cli(cwd=tmp_path, timeout=30, **settings)
 
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 from config import ConfigError, Settings, load_settings
 from proxy.upstream.tls import upstream_tls
 from tests.conftest import ProxyFactory
+from tests.e2e.test_cli import run_cli
 from tests.fake_lunary import FakeLunary
 from tests.servers import ProxyProcess, ServerThread, TlsFiles, free_port, make_tls_files
 
@@ -233,16 +233,10 @@ def test_an_unreadable_ca_file_is_a_config_error(tls_files: TlsFiles, tmp_path: 
 
 def test_a_bad_ca_file_stops_start_up_with_one_line(tmp_path: Path) -> None:
     path, problem = bad_ca_files(tmp_path)["not-pem"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_")}
     port = str(free_port())  # on loopback, were it to start
 
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy"],
-        env={**env, "PROXY_UPSTREAM_CA_FILE": path, "PROXY_HOST": "127.0.0.1", "PROXY_PORT": port},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = run_cli(
+        cwd=tmp_path, PROXY_UPSTREAM_CA_FILE=path, PROXY_HOST="127.0.0.1", PROXY_PORT=port
     )
 
     assert result.returncode == 2
