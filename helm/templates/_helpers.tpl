@@ -22,22 +22,24 @@
 {{- end }}
 
 {{/* The component is part of every selector: the bundled Redis shares name and instance. */}}
+{{- /* One component's selector labels: include "lcp.componentSelectorLabels" (list $ "redis") */ -}}
+{{- define "lcp.componentSelectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "lcp.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
 {{- define "lcp.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "lcp.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: proxy
+{{ include "lcp.componentSelectorLabels" (list . "proxy") }}
 {{- end }}
 
 {{- define "lcp.redisSelectorLabels" -}}
-app.kubernetes.io/name: {{ include "lcp.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: redis
+{{ include "lcp.componentSelectorLabels" (list . "redis") }}
 {{- end }}
 
 {{- define "lcp.testSelectorLabels" -}}
-app.kubernetes.io/name: {{ include "lcp.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: test
+{{ include "lcp.componentSelectorLabels" (list . "test") }}
 {{- end }}
 
 {{- define "lcp.commonLabels" -}}
