@@ -11,6 +11,7 @@ the two differ only by the httpx layer.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -37,10 +38,18 @@ CHUNK = 64 * 1024
 class AiohttpUpstream:
     """Talks to the Lunary API at `base_url`, forwarding the client's raw path and query."""
 
-    def __init__(self, base_url: str, timeout: float, max_connections: int) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float,
+        max_connections: int,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """The same arguments as LunaryUpstream, which this stands in for."""
         self._base = base_url.rstrip("/")
         self._timeout = timeout
         self._max_connections = max_connections
+        self._tls = tls
         self._proxy = EnvProxy.for_upstream(base_url)
         self._session: aiohttp.ClientSession | None = None
 
@@ -51,7 +60,7 @@ class AiohttpUpstream:
             timeout = aiohttp.ClientTimeout(
                 total=None, connect=self._timeout, sock_read=self._timeout
             )
-            self._session = open_session(self._max_connections, timeout)
+            self._session = open_session(self._max_connections, timeout, self._tls)
         return self._session
 
     async def fetch(self, request: UpstreamRequest, max_body: int) -> FetchedResponse:
