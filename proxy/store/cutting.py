@@ -22,7 +22,12 @@ from proxy.core.model import Entry, EntryKey, Lookup
 from proxy.store.forwarding import ForwardingStore
 
 log = logging.getLogger("proxy.store")
-READ_BACK_RETRY = 1.0  # seconds between tries to read the kept cuts while the store is away
+# seconds between tries to read the kept cuts back while the store is away. Short: a try against
+# the open breaker fails at once, with no round trip (and the breaker lets one call through a
+# second), and until the read back lands every lookup is a miss. At 1 s, a listener back just
+# after a failover kept the store answering nothing for up to a second more (1.7-3.2 s after a
+# Sentinel promotion, where the store itself answered after 1 s).
+READ_BACK_RETRY = 0.1
 
 
 class CuttingStore(ForwardingStore):
